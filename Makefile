@@ -1,0 +1,41 @@
+# streamwatch developer tasks. `make help` lists them.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+
+.DEFAULT_GOAL := help
+.PHONY: help setup kafka demo test lint unit integration broker clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+setup: $(VENV)/.installed ## create .venv and install streamwatch with its dev tools
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+kafka: ## fetch the Kafka jars for the local broker with mvn (cached outside the repo)
+	$(PYTHON) scripts/kafka_local.py fetch
+
+demo: setup ## set everything up and run the demo (no broker needed)
+	$(VENV)/bin/streamwatch demo
+
+lint: setup ## ruff (lint + format check) and mypy strict
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+unit: setup ## the fast tests (no broker)
+	$(PY) -m pytest -m "not integration"
+
+test: setup kafka lint ## set everything up and run the whole test suite
+	$(PY) -m pytest
+
+broker: kafka ## run a local Kafka broker on 127.0.0.1:9092 until Ctrl+C
+	$(PYTHON) scripts/kafka_local.py start --port 9092
+
+clean: ## remove the virtualenv and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,3 @@
+from streamwatch.cli import main
+
+main()

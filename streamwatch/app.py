@@ -1,0 +1,48 @@
+"""Composition root: wires the pipeline's stages. Keep it short.
+
+::
+
+      Kafka: predictions ─┐                                   ┌─> dead-letter topic
+      Kafka: labels ──────┴─> source ─> decode ─┬─ rejections ┘   (+ invalid counter)
+                                                └─ records ─> monitor ─> exporter ─> /metrics
+                                                   (join: labels issue)  (detectors,   (Prometheus)
+                                                                          windows)
+      beside the loop: worker (offsets stored after a batch, checkpoint = flush → commit)
+      at the edges: config, errors, cli
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry
+
+from streamwatch.config import Settings
+from streamwatch.exporter import Health, MonitorCollector, Telemetry
+from streamwatch.monitor import Monitor
+from streamwatch.worker import Pipeline, Worker
+
+
+@dataclass
+class App:
+    settings: Settings
+    registry: CollectorRegistry
+    pipeline: Pipeline
+    health: Health
+
+    def worker(self) -> Worker:
+        return Worker(self.settings, self.pipeline, self.health)
+
+
+def build(settings: Settings, registry: CollectorRegistry | None = None) -> App:
+    """The pipeline and its exporter, on a private registry unless one is given."""
+    registry = registry or CollectorRegistry()
+    monitor = Monitor(settings)
+    telemetry = Telemetry(registry, (settings.topics.predictions, settings.topics.labels))
+    registry.register(MonitorCollector(monitor))
+    return App(
+        settings,
+        registry,
+        Pipeline(settings, monitor, telemetry),
+        Health(settings.worker.stall_seconds),
+    )

@@ -1,0 +1,287 @@
+"""Configuration: one frozen settings model, read from YAML and overridden by the environment.
+
+Environment variables win over the file: ``STREAMWATCH_`` prefix, ``__`` between nested
+fields, e.g. ``STREAMWATCH_KAFKA__BOOTSTRAP_SERVERS=broker:9092``. Every problem is reported
+at once by :func:`load_settings`, each with its field path and a hint for the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from streamwatch.errors import ConfigError, ConfigProblem
+
+_SECRET_KEY = re.compile(r"(password|secret|\.pem$|\.key$|token)", re.IGNORECASE)
+_FIX = " | fix: "  # separates a validator's message from its hint
+
+
+def _problem(message: str, fix: str) -> ValueError:
+    return ValueError(f"{message}{_FIX}{fix}")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_field_ref(ref: str) -> str:
+    """A contract field lives at a dotted JSON path, in the message key, or in a header."""
+    if ref == "key" or (ref.startswith("header:") and len(ref) > len("header:")):
+        return ref
+    if not ref or any(not part for part in ref.split(".")):
+        raise _problem(
+            f"{ref!r} is not a field reference",
+            "use a dotted path into the JSON payload (e.g. meta.model), 'key', or 'header:NAME'",
+        )
+    return ref
+
+
+class PredictionFields(_Section):
+    """Where each field of the prediction contract is found in the user's messages."""
+
+    prediction_id: str = "prediction_id"
+    model: str = "model"
+    model_version: str = "model_version"
+    timestamp: str = "timestamp"
+    features: str = "features"
+    prediction: str = "prediction"
+    predicted_label: str = "predicted_label"
+    attributes: str = "attributes"
+
+    @field_validator("*")
+    @classmethod
+    def _refs(cls, ref: str) -> str:
+        return _check_field_ref(ref)
+
+
+class LabelFields(_Section):
+    """Where each field of the label contract is found in the user's messages."""
+
+    prediction_id: str = "prediction_id"
+    label: str = "label"
+    timestamp: str = "timestamp"
+
+    @field_validator("*")
+    @classmethod
+    def _refs(cls, ref: str) -> str:
+        return _check_field_ref(ref)
+
+
+class ContractSettings(_Section):
+    predictions: PredictionFields = PredictionFields()
+    labels: LabelFields = LabelFields()
+    max_message_bytes: int = Field(default=1_048_576, gt=0)
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str = "localhost:9092"
+    group_id: str = "streamwatch"
+    # Any librdkafka property, dotted keys as librdkafka spells them (security.protocol,
+    # sasl.username, ssl.ca.location, ...). Values of sensitive keys become SecretStr.
+    properties: dict[str, str | int | float | bool | SecretStr] = {}
+
+    @field_validator("properties", mode="before")
+    @classmethod
+    def _hide_secrets(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        return {
+            k: SecretStr(str(v))
+            if _SECRET_KEY.search(str(k)) and not isinstance(v, SecretStr)
+            else v
+            for k, v in value.items()
+        }
+
+    def librdkafka(self) -> dict[str, Any]:
+        """The passthrough properties as librdkafka wants them (secrets revealed)."""
+        config: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers}
+        for key, value in self.properties.items():
+            config[key] = value.get_secret_value() if isinstance(value, SecretStr) else value
+        return config
+
+
+class TopicSettings(_Section):
+    predictions: str = "predictions"
+    labels: str = "labels"
+    dead_letters: str = "streamwatch-dead-letters"
+
+    @field_validator("predictions", "labels", "dead_letters")
+    @classmethod
+    def _legal_topic(cls, name: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", name):
+            raise _problem(
+                f"{name!r} is not a legal Kafka topic name",
+                "use 1-249 characters from letters, digits, '.', '_' and '-'",
+            )
+        return name
+
+
+class FeatureSpec(_Section):
+    name: str = Field(min_length=1)
+    type: Literal["numeric", "categorical"]
+
+
+class ReferenceSpec(_Section):
+    # Without a profile, a model version's reference is its first N events.
+    warmup_events: int = Field(default=1000, ge=10)
+
+
+class ModelSpec(_Section):
+    name: str = Field(min_length=1)
+    task: Literal["binary", "multiclass", "regression"]
+    features: list[FeatureSpec] = Field(min_length=1)
+    reference: ReferenceSpec = ReferenceSpec()
+
+    @field_validator("features")
+    @classmethod
+    def _unique_features(cls, features: list[FeatureSpec]) -> list[FeatureSpec]:
+        names = [f.name for f in features]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise _problem(f"duplicate feature names {dupes}", "give each feature one entry")
+        return features
+
+    @property
+    def numeric_features(self) -> list[str]:
+        return [f.name for f in self.features if f.type == "numeric"]
+
+    @property
+    def categorical_features(self) -> list[str]:
+        return [f.name for f in self.features if f.type == "categorical"]
+
+
+class DriftSettings(_Section):
+    bins: int = Field(default=10, ge=2, le=100)
+    window_events: int = Field(default=2000, ge=10)
+    psi_threshold: float = Field(default=0.2, gt=0)
+
+
+class WorkerSettings(_Section):
+    batch_size: int = Field(default=2000, ge=1, le=100_000)
+    poll_timeout_seconds: float = Field(default=0.5, gt=0, le=10)
+    commit_interval_seconds: float = Field(default=1.0, ge=0)
+    stall_seconds: float = Field(default=60.0, gt=0)
+
+
+class ExporterSettings(_Section):
+    address: str = "0.0.0.0"
+    port: int = Field(default=9308, ge=0, le=65535)
+
+
+class Settings(BaseSettings):
+    """The whole configuration of a worker."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STREAMWATCH_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    topics: TopicSettings = TopicSettings()
+    contract: ContractSettings = ContractSettings()
+    models: list[ModelSpec] = Field(min_length=1)
+    drift: DriftSettings = DriftSettings()
+    worker: WorkerSettings = WorkerSettings()
+    exporter: ExporterSettings = ExporterSettings()
+
+    @field_validator("models")
+    @classmethod
+    def _unique_models(cls, models: list[ModelSpec]) -> list[ModelSpec]:
+        names = [m.name for m in models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise _problem(f"duplicate model names {dupes}", "give each model one entry")
+        return models
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment overrides the file (which arrives as init kwargs).
+        return env_settings, init_settings
+
+    def model(self, name: str) -> ModelSpec | None:
+        return next((m for m in self.models if m.name == name), None)
+
+
+_HINTS = {
+    "missing": "add this field",
+    "extra_forbidden": "remove it, or check its spelling against docs/configuration.md",
+    "int_parsing": "use a whole number",
+    "int_from_float": "use a whole number",
+    "float_parsing": "use a number",
+    "bool_parsing": "use true or false",
+    "string_type": "use a string",
+    "list_type": "use a YAML list",
+    "dict_type": "use a YAML mapping",
+    "model_type": "use a YAML mapping",
+    "too_short": "add at least one entry",
+}
+
+
+def _problems(error: ValidationError) -> list[ConfigProblem]:
+    problems = []
+    for item in error.errors(include_url=False):
+        path = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        message, _, hint = message.partition(_FIX)
+        if not hint:
+            hint = _HINTS.get(item["type"], "")
+            if item["type"].endswith(("_than", "_than_equal")):
+                hint = "change the value to fit the bound"
+            if item["type"] == "literal_error":
+                hint = "use one of the values listed"
+        problems.append(ConfigProblem(path, message, hint))
+    return problems
+
+
+def parse_settings(data: Any, source: str = "<config>") -> Settings:
+    """Validate a mapping (e.g. parsed YAML), or raise ConfigError listing every problem."""
+    if not isinstance(data, dict):
+        raise ConfigError(
+            source,
+            [
+                ConfigProblem(
+                    "(top level)", "not a YAML mapping", "start from docs/configuration.md"
+                )
+            ],
+        )
+    try:
+        return Settings(**data)
+    except ValidationError as error:
+        raise ConfigError(source, _problems(error)) from None
+
+
+def load_settings(path: str | os.PathLike[str]) -> Settings:
+    """Read, override from the environment and validate a YAML config file."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(
+            source,
+            [
+                ConfigProblem(
+                    "(file)", error.strerror or str(error), "pass the path of a readable YAML file"
+                )
+            ],
+        ) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
+        raise ConfigError(
+            source, [ConfigProblem(where, f"not valid YAML: {error}", "fix the YAML syntax")]
+        ) from None
+    return parse_settings(data, source)

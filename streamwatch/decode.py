@@ -1,0 +1,329 @@
+"""Decode: Kafka message bytes to validated prediction and label records. The only parser.
+
+Decoding is a pure function of ``(bytes, key, headers, topic, partition, offset)``. A message
+that breaks the contract is not an exception: it becomes a :class:`Rejection` carrying its
+coordinates and a reason from :data:`REASONS`, which the worker routes to the dead-letter
+topic and counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+import orjson
+
+from streamwatch.config import LabelFields, ModelSpec, PredictionFields, Settings
+
+#: Every reason a message can be rejected for (the ``reason`` label of
+#: ``streamwatch_events_invalid_total`` and the dead-letter header).
+REASONS = (
+    "empty",  # no value (a tombstone)
+    "too_large",  # over contract.max_message_bytes
+    "invalid_utf8",
+    "not_json",
+    "non_finite",  # a number that overflows to +-Infinity (JSON has no NaN)
+    "too_deep",  # nesting beyond the parser's depth limit
+    "not_object",  # valid JSON, but not an object
+    "missing_field",
+    "wrong_type",
+    "out_of_range",  # e.g. a binary probability outside [0, 1]
+    "bad_timestamp",
+    "unknown_model",  # a model the config does not list
+)
+
+HeaderValue = str | bytes | None
+Headers = Sequence[tuple[str, HeaderValue]] | None
+#: What a Kafka client may hand over as headers (confluent-kafka's HeadersType).
+AnyHeaders = dict[str, HeaderValue] | list[tuple[str, HeaderValue]] | None
+
+
+class RawMessage(Protocol):
+    """What decoding needs of a message: the accessors of ``confluent_kafka.Message``."""
+
+    def topic(self) -> str | None: ...
+    def partition(self) -> int | None: ...
+    def offset(self) -> int | None: ...
+    def key(self) -> bytes | None: ...
+    def value(self) -> bytes | None: ...
+    def headers(self) -> AnyHeaders: ...
+
+
+_MISSING: Any = object()
+_NUMERIC = frozenset({int, float, type(None)})
+_CATEGORICAL = frozenset({str, int, bool, type(None)})
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A message that broke the contract, with where it came from and why."""
+
+    topic: str
+    partition: int
+    offset: int
+    reason: str
+    detail: str
+    value: bytes | None
+    key: bytes | None
+    headers: Headers
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    prediction_id: str
+    model: str
+    model_version: str
+    timestamp: float  # event time, seconds since the epoch
+    features: dict[str, Any]
+    prediction: float | str  # probability (binary), class (multiclass) or value (regression)
+    scores: dict[str, float] | None
+    predicted_label: str | None
+    attributes: dict[str, str]
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class Label:
+    prediction_id: str
+    label: float | str
+    timestamp: float
+    partition: int
+    offset: int
+
+
+class _Invalid(Exception):  # noqa: N818 - internal control flow, never escapes this module
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+
+
+Getter = Callable[[dict[str, Any], bytes | None, Headers], Any]
+
+
+def compile_field(ref: str) -> Getter:
+    """A getter for one contract field: a dotted JSON path, ``key`` or ``header:NAME``."""
+    if ref == "key":
+        return lambda doc, key, headers: _MISSING if key is None else _utf8(key, "key")
+    if ref.startswith("header:"):
+        name = ref.removeprefix("header:")
+
+        def header(doc: dict[str, Any], key: bytes | None, headers: Headers) -> Any:
+            for k, v in headers or ():
+                if k == name and v is not None:
+                    return v if isinstance(v, str) else _utf8(v, ref)
+            return _MISSING
+
+        return header
+    parts = ref.split(".")
+    if len(parts) == 1:
+        return lambda doc, key, headers: doc.get(ref, _MISSING)
+
+    def path(doc: dict[str, Any], key: bytes | None, headers: Headers) -> Any:
+        node: Any = doc
+        for part in parts:
+            if not isinstance(node, dict):
+                return _MISSING
+            node = node.get(part, _MISSING)
+        return node
+
+    return path
+
+
+def _utf8(raw: bytes, where: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _Invalid("invalid_utf8", f"{where} is not valid UTF-8") from None
+
+
+def parse_timestamp(value: Any) -> float:
+    """Event time as epoch seconds, from an RFC 3339 string or epoch milliseconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value) / 1000.0
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise _Invalid("bad_timestamp", f"timestamp {value[:40]!r} is not RFC 3339") from None
+        if parsed.tzinfo is None:
+            raise _Invalid("bad_timestamp", f"timestamp {value[:40]!r} has no UTC offset")
+        return parsed.timestamp()
+    raise _Invalid("bad_timestamp", "timestamp must be an RFC 3339 string or epoch milliseconds")
+
+
+def _load(value: bytes | None, limit: int) -> dict[str, Any]:
+    if value is None:
+        raise _Invalid("empty", "message has no value")
+    if len(value) > limit:
+        raise _Invalid("too_large", f"{len(value)} bytes > limit {limit}")
+    try:
+        doc = orjson.loads(value)
+    except orjson.JSONDecodeError as error:
+        text = str(error)
+        if "UTF-8" in text:
+            raise _Invalid("invalid_utf8", text) from None
+        if "infinity" in text:
+            raise _Invalid("non_finite", text) from None
+        if "depth" in text or "recursion" in text.lower():
+            raise _Invalid("too_deep", text) from None
+        raise _Invalid("not_json", text) from None
+    if not isinstance(doc, dict):
+        raise _Invalid("not_object", f"JSON {type(doc).__name__}, expected an object")
+    return doc
+
+
+def _required(
+    getter: Getter, name: str, doc: dict[str, Any], key: bytes | None, headers: Headers
+) -> Any:
+    value = getter(doc, key, headers)
+    if value is _MISSING or value is None:
+        raise _Invalid("missing_field", f"{name} is missing")
+    return value
+
+
+def _string(value: Any, name: str) -> str:
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise _Invalid("wrong_type", f"{name} must be a non-empty string")
+
+
+class Decoder:
+    """Decodes both topics' messages against the contract in the settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.max_bytes = settings.contract.max_message_bytes
+        p: PredictionFields = settings.contract.predictions
+        lf: LabelFields = settings.contract.labels
+        self._p = {name: compile_field(getattr(p, name)) for name in PredictionFields.model_fields}
+        self._l = {name: compile_field(getattr(lf, name)) for name in LabelFields.model_fields}
+        self.models: dict[str, ModelSpec] = {m.name: m for m in settings.models}
+        self._numeric = {m.name: tuple(m.numeric_features) for m in settings.models}
+        self._categorical = {m.name: tuple(m.categorical_features) for m in settings.models}
+
+    def prediction(
+        self,
+        value: bytes | None,
+        key: bytes | None,
+        headers: Headers,
+        topic: str,
+        partition: int,
+        offset: int,
+    ) -> Prediction | Rejection:
+        try:
+            return self._prediction(value, key, headers, partition, offset)
+        except _Invalid as bad:
+            return Rejection(topic, partition, offset, bad.reason, bad.detail, value, key, headers)
+
+    def label(
+        self,
+        value: bytes | None,
+        key: bytes | None,
+        headers: Headers,
+        topic: str,
+        partition: int,
+        offset: int,
+    ) -> Label | Rejection:
+        try:
+            doc = _load(value, self.max_bytes)
+            g = self._l
+            prediction_id = _string(
+                _required(g["prediction_id"], "prediction_id", doc, key, headers), "prediction_id"
+            )
+            label = _required(g["label"], "label", doc, key, headers)
+            if isinstance(label, (bool, int | float)):
+                label = float(label)
+            elif not isinstance(label, str):
+                raise _Invalid("wrong_type", "label must be a number, boolean or string")
+            ts = parse_timestamp(_required(g["timestamp"], "timestamp", doc, key, headers))
+            return Label(prediction_id, label, ts, partition, offset)
+        except _Invalid as bad:
+            return Rejection(topic, partition, offset, bad.reason, bad.detail, value, key, headers)
+
+    def _prediction(
+        self, value: bytes | None, key: bytes | None, headers: Headers, partition: int, offset: int
+    ) -> Prediction:
+        doc = _load(value, self.max_bytes)
+        g = self._p
+        model = _string(_required(g["model"], "model", doc, key, headers), "model")
+        spec = self.models.get(model)
+        if spec is None:
+            raise _Invalid("unknown_model", f"model {model[:80]!r} is not in the config")
+        prediction_id = _string(
+            _required(g["prediction_id"], "prediction_id", doc, key, headers), "prediction_id"
+        )
+        version = _string(
+            _required(g["model_version"], "model_version", doc, key, headers), "model_version"
+        )
+        ts = parse_timestamp(_required(g["timestamp"], "timestamp", doc, key, headers))
+        features = _required(g["features"], "features", doc, key, headers)
+        if not isinstance(features, dict):
+            raise _Invalid("wrong_type", "features must be an object")
+        # One C-level pass per event over the configured names; the per-feature loop below
+        # runs only for a message already known to be bad, to name the culprit.
+        numeric = self._numeric[model]
+        if not _NUMERIC.issuperset(map(type, map(features.get, numeric))):
+            bad = next(n for n in numeric if type(features.get(n)) not in _NUMERIC)
+            raise _Invalid("wrong_type", f"feature {bad!r} must be a number or null")
+        categorical = self._categorical[model]
+        if not _CATEGORICAL.issuperset(map(type, map(features.get, categorical))):
+            bad = next(n for n in categorical if type(features.get(n)) not in _CATEGORICAL)
+            raise _Invalid("wrong_type", f"feature {bad!r} must be a string, integer or boolean")
+        raw = _required(g["prediction"], "prediction", doc, key, headers)
+        prediction, scores = _prediction_value(spec.task, raw)
+        predicted_label = g["predicted_label"](doc, key, headers)
+        if predicted_label is _MISSING or predicted_label is None:
+            predicted_label = None
+        elif isinstance(predicted_label, str | int | bool):
+            predicted_label = str(predicted_label)
+        else:
+            raise _Invalid("wrong_type", "predicted_label must be a string, integer or boolean")
+        attributes = g["attributes"](doc, key, headers)
+        if attributes is _MISSING or attributes is None:
+            attributes = {}
+        elif not isinstance(attributes, dict):
+            raise _Invalid("wrong_type", "attributes must be an object")
+        return Prediction(
+            prediction_id,
+            model,
+            version,
+            ts,
+            features,
+            prediction,
+            scores,
+            predicted_label,
+            attributes,
+            partition,
+            offset,
+        )
+
+
+def _prediction_value(task: str, raw: Any) -> tuple[float | str, dict[str, float] | None]:
+    if task == "binary":
+        if isinstance(raw, bool) or not isinstance(raw, int | float):
+            raise _Invalid("wrong_type", "binary prediction must be a probability (number)")
+        if not 0.0 <= raw <= 1.0:
+            raise _Invalid("out_of_range", f"binary prediction {raw} is outside [0, 1]")
+        return float(raw), None
+    if task == "regression":
+        if isinstance(raw, bool) or not isinstance(raw, int | float):
+            raise _Invalid("wrong_type", "regression prediction must be a number")
+        return float(raw), None
+    # multiclass: a class, or {"class": c, "scores": {class: probability}}
+    if isinstance(raw, dict):
+        cls, scores = raw.get("class"), raw.get("scores")
+        if scores is not None and not (
+            isinstance(scores, dict)
+            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in scores.values())
+        ):
+            raise _Invalid("wrong_type", "multiclass scores must map classes to numbers")
+        raw = cls
+    else:
+        scores = None
+    if isinstance(raw, bool) or not isinstance(raw, str | int):
+        raise _Invalid("wrong_type", "multiclass prediction must be a class (string or integer)")
+    return str(raw), ({str(k): float(v) for k, v in scores.items()} if scores else None)

@@ -1,0 +1,189 @@
+"""Exporter: the Prometheus side. Read-only with respect to the pipeline.
+
+* :class:`Telemetry` owns the worker's own counters, gauges and histogram (events, invalid
+  events, lag, batch duration), registered in an injected registry.
+* :class:`MonitorCollector` builds the drift families fresh at each scrape from
+  :meth:`streamwatch.monitor.Monitor.snapshot`, so retired series simply stop appearing.
+* :func:`serve` answers ``/metrics``, ``/healthz`` (alive) and ``/readyz`` (partitions
+  assigned, consuming, not stalled). Every metric is listed in docs/metrics.md.
+"""
+
+from __future__ import annotations
+
+import platform
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import confluent_kafka
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+
+from streamwatch import __version__
+from streamwatch.decode import REASONS
+from streamwatch.monitor import Monitor
+
+PSI = "psi"
+DETECTOR = "psi_threshold"
+
+
+class Telemetry:
+    """The worker's own instruments, in one registry."""
+
+    def __init__(self, registry: CollectorRegistry, topics: tuple[str, ...]) -> None:
+        build = Gauge(
+            "streamwatch_build_info",
+            "Build information; the value is always 1.",
+            ["version", "python", "confluent_kafka", "librdkafka"],
+            registry=registry,
+        )
+        build.labels(
+            __version__,
+            platform.python_version(),
+            confluent_kafka.version()[0],
+            confluent_kafka.libversion()[0],
+        ).set(1)
+        self.events = Counter(
+            "streamwatch_events", "Valid events processed.", ["topic", "model"], registry=registry
+        )
+        self.invalid = Counter(
+            "streamwatch_events_invalid",
+            "Rejected messages, each sent to the dead-letter topic.",
+            ["topic", "reason"],
+            registry=registry,
+        )
+        for topic in topics:  # every series exists from the start, so increase() sees the first
+            for reason in REASONS:
+                self.invalid.labels(topic, reason)
+        self.last_event = Gauge(
+            "streamwatch_last_event_timestamp_seconds",
+            "Event time of the newest event seen (the staleness signal).",
+            ["topic", "model"],
+            registry=registry,
+        )
+        self.lag = Gauge(
+            "streamwatch_consumer_lag",
+            "Messages between the consumer's position and the partition's end.",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        self.assigned = Gauge(
+            "streamwatch_assigned_partitions",
+            "Partitions currently assigned to this worker.",
+            ["topic"],
+            registry=registry,
+        )
+        for topic in topics:
+            self.assigned.labels(topic).set(0)
+        self.batch_duration = Histogram(
+            "streamwatch_batch_duration_seconds",
+            "Time to process one consumed micro-batch.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            registry=registry,
+        )
+
+
+class MonitorCollector(Collector):
+    """Drift state exported at scrape time from a read-only snapshot."""
+
+    def __init__(self, monitor: Monitor) -> None:
+        self.monitor = monitor
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.monitor.snapshot()
+        window = f"events_{snap.window_events}"
+        score = GaugeMetricFamily(
+            "streamwatch_drift_score",
+            "Drift statistic of a feature's live window against the reference; absent while "
+            "undefined (warming up, window not yet full).",
+            labels=["model", "model_version", "feature", "statistic", "window"],
+        )
+        for s in snap.scores:
+            score.add_metric([s.model, s.model_version, s.feature, PSI, window], s.psi)
+        yield score
+        threshold = GaugeMetricFamily(
+            "streamwatch_drift_threshold",
+            "Alarm threshold in force for a drift statistic.",
+            labels=["statistic"],
+        )
+        threshold.add_metric([PSI], snap.psi_threshold)
+        yield threshold
+        warmup = GaugeMetricFamily(
+            "streamwatch_reference_warmup_ratio",
+            "Fill of a model version's warm-up reference; scores exist only at 1.",
+            labels=["model", "model_version"],
+        )
+        for (model, version), ratio in snap.warmup_ratio.items():
+            warmup.add_metric([model, version], ratio)
+        yield warmup
+        alarms = CounterMetricFamily(
+            "streamwatch_drift_alarms",
+            "Drift alarms raised (one per threshold crossing).",
+            labels=["model", "model_version", "signal", "feature", "detector"],
+        )
+        for (model, version, feature), count in snap.alarms.items():
+            alarms.add_metric([model, version, "feature", feature, DETECTOR], count)
+        yield alarms
+        last = GaugeMetricFamily(
+            "streamwatch_drift_last_alarm_timestamp_seconds",
+            "Event time of the batch that raised the latest drift alarm.",
+            labels=["model", "model_version", "feature"],
+        )
+        for (model, version, feature), seconds in snap.last_alarm_seconds.items():
+            last.add_metric([model, version, feature], seconds)
+        yield last
+
+
+class Health:
+    """Liveness and readiness as the worker reports them."""
+
+    def __init__(self, stall_seconds: float) -> None:
+        self.stall_seconds = stall_seconds
+        self.assigned = 0
+        self.last_poll = time.monotonic()
+
+    def ready(self) -> tuple[bool, str]:
+        if self.assigned == 0:
+            return False, "no partitions assigned"
+        idle = time.monotonic() - self.last_poll
+        if idle > self.stall_seconds:
+            return False, f"no poll for {idle:.0f}s (stalled)"
+        return True, f"consuming {self.assigned} partition(s)"
+
+
+def serve(
+    registry: CollectorRegistry, address: str, port: int, health: Health | None = None
+) -> ThreadingHTTPServer:
+    """Start the HTTP endpoint in a daemon thread; ``port=0`` picks a free port."""
+    ready: Callable[[], tuple[bool, str]] = health.ready if health else (lambda: (True, "ok"))
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+            elif path == "/healthz":
+                self._send(200, b"ok\n")
+            elif path == "/readyz":
+                ok, why = ready()
+                self._send(200 if ok else 503, why.encode() + b"\n")
+            else:
+                self._send(404, b"try /metrics, /healthz or /readyz\n")
+
+        def _send(self, status: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass  # scrapes every few seconds would drown the worker's own log
+
+    server = ThreadingHTTPServer((address, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="exporter", daemon=True).start()
+    return server

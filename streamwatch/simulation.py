@@ -1,0 +1,163 @@
+"""Simulation: a seeded production stream with a known drift, for the demo and the tests.
+
+A fraud model serves one prediction per second of event time. From event ``drift_at`` on,
+the ``amount`` feature's distribution shifts (its log-mean rises by ``shift``), and so do
+the model's scores. Labels follow their predictions after a random delay (minutes to hours),
+and a few malformed messages are mixed in, as in real traffic.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import orjson
+
+from streamwatch.decode import AnyHeaders
+
+MODEL = "fraud-detector"
+VERSION = "2026.11.1"
+START_SECONDS = 1_790_000_000.0  # event time of the first prediction
+
+#: The embedded default configuration of the demo (see docs/configuration.md).
+DEMO_CONFIG: dict[str, object] = {
+    "topics": {
+        "predictions": "demo-predictions",
+        "labels": "demo-labels",
+        "dead_letters": "demo-dead-letters",
+    },
+    "models": [
+        {
+            "name": MODEL,
+            "task": "binary",
+            "features": [
+                {"name": "amount", "type": "numeric"},
+                {"name": "account_age_days", "type": "numeric"},
+                {"name": "items", "type": "numeric"},
+                {"name": "country", "type": "categorical"},
+            ],
+            "reference": {"warmup_events": 5000},
+        }
+    ],
+    "drift": {"window_events": 2000, "bins": 10, "psi_threshold": 0.2},
+    "worker": {"batch_size": 2000},
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """An in-memory message with the accessors of ``confluent_kafka.Message``."""
+
+    _topic: str
+    _value: bytes | None
+    _key: bytes | None
+    _partition: int = 0
+    _offset: int = 0
+    _headers: AnyHeaders = field(default=None)
+
+    def topic(self) -> str:
+        return self._topic
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def headers(self) -> AnyHeaders:
+        return self._headers
+
+
+@dataclass(frozen=True)
+class Scenario:
+    events: int = 60_000
+    drift_at: int = 30_000
+    shift: float = 0.6  # added to log(amount): a 1.8x larger typical amount
+    invalid_every: int = 1000  # one malformed message per this many predictions
+    seed: int = 7
+    predictions_topic: str = "demo-predictions"
+    labels_topic: str = "demo-labels"
+
+    def records(self) -> Iterator[Record]:
+        """The stream in arrival order: predictions, late labels and malformed messages."""
+        rng = np.random.default_rng(self.seed)
+        n = self.events
+        shifted = np.arange(n) >= self.drift_at
+        log_amount = rng.normal(3.5, 1.0, n) + np.where(shifted, self.shift, 0.0)
+        amount = np.round(np.exp(log_amount), 2)
+        age = np.round(rng.gamma(2.0, 200.0, n), 1)
+        items = rng.poisson(2.0, n) + 1
+        country = rng.choice(
+            np.array(["DE", "FR", "US", "BR", "IN"]), n, p=[0.3, 0.2, 0.3, 0.1, 0.1]
+        )
+        logit = -4.0 + 0.6 * (log_amount - 3.5) - 0.002 * age + 0.2 * items
+        score = 1.0 / (1.0 + np.exp(-logit))
+        fraud = rng.random(n) < score
+        times = START_SECONDS + np.arange(n, dtype=np.float64)
+        label_times = times + rng.exponential(1800.0, n)  # labels come ~30 min later on average
+        pending: list[tuple[float, int]] = []  # (arrival time, index), a heap
+        for i in range(n):
+            while pending and pending[0][0] <= times[i]:
+                _, j = heapq.heappop(pending)
+                yield self._label(j, bool(fraud[j]), float(label_times[j]))
+            pid = f"p-{i:08d}"
+            yield Record(
+                self.predictions_topic,
+                orjson.dumps(
+                    {
+                        "prediction_id": pid,
+                        "model": MODEL,
+                        "model_version": VERSION,
+                        "timestamp": int(times[i] * 1000),
+                        "features": {
+                            "amount": float(amount[i]),
+                            "account_age_days": float(age[i]),
+                            "items": int(items[i]),
+                            "country": str(country[i]),
+                        },
+                        "prediction": round(float(score[i]), 6),
+                        "attributes": {"country": str(country[i])},
+                    }
+                ),
+                pid.encode(),
+            )
+            heapq.heappush(pending, (float(label_times[i]), i))
+            if self.invalid_every and i % self.invalid_every == self.invalid_every - 1:
+                yield Record(self.predictions_topic, self._malformed(i), pid.encode())
+        while pending:
+            _, j = heapq.heappop(pending)
+            yield self._label(j, bool(fraud[j]), float(label_times[j]))
+
+    def _label(self, i: int, fraud: bool, at: float) -> Record:
+        pid = f"p-{i:08d}"
+        return Record(
+            self.labels_topic,
+            orjson.dumps({"prediction_id": pid, "label": fraud, "timestamp": int(at * 1000)}),
+            pid.encode(),
+        )
+
+    @staticmethod
+    def _malformed(i: int) -> bytes:
+        kinds = [
+            b'{"prediction_id": "broken", "model": ',  # truncated JSON
+            orjson.dumps({"prediction_id": f"x-{i}", "model": "unknown-model"}),
+            orjson.dumps(
+                {
+                    "prediction_id": f"y-{i}",
+                    "model": MODEL,
+                    "model_version": "1",
+                    "timestamp": "yesterday",
+                    "features": {},
+                    "prediction": 0.5,
+                }
+            ),
+        ]
+        return kinds[(i // 1000) % len(kinds)]
