@@ -157,10 +157,10 @@ class LocalKafka:
             check=True,
             stdout=subprocess.DEVNULL,
         )
-        log = (self.data_dir / "kafka.log").open("wb")
-        self.process = subprocess.Popen(
-            self._java("kafka.Kafka", str(config)), stdout=log, stderr=subprocess.STDOUT
-        )
+        with (self.data_dir / "kafka.log").open("wb") as log:  # the child keeps its own fd
+            self.process = subprocess.Popen(
+                self._java("kafka.Kafka", str(config)), stdout=log, stderr=subprocess.STDOUT
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -17,7 +17,13 @@ from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import confluent_kafka
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
@@ -25,6 +31,9 @@ from prometheus_client.registry import Collector
 from streamwatch import __version__
 from streamwatch.decode import REASONS
 from streamwatch.monitor import Monitor
+
+# `_created` series double every counter's series count and nothing here alerts on them.
+disable_created_metrics()
 
 PSI = "psi"
 DETECTOR = "psi_threshold"

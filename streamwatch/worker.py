@@ -147,6 +147,7 @@ class Worker:
                     self._export_lag()
                     last_commit = time.monotonic()
             self.checkpoint()
+            log.info("stopped after %d messages; offsets committed", self.pipeline.processed)
         finally:
             self.source.close()  # triggers the final revoke, which checkpoints again
             self.health.assigned = 0

@@ -1,0 +1,206 @@
+"""The worker on a real broker, as a separate process, observed through /metrics and Kafka."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from tests.conftest import ROOT, free_port
+from tests.events import label, prediction, stream
+from tests.integration.conftest import Topics, WorkerProcess, consume_all, produce, worker_config
+
+Workers = Callable[[dict[str, Any]], WorkerProcess]
+PRED = "streamwatch_events_total"
+
+
+def _bad(event: dict[str, Any], **changes: Any) -> bytes:
+    return orjson.dumps({**event, **changes})
+
+
+def invalid_predictions() -> list[tuple[bytes | None, str]]:
+    """One message per rejection reason the predictions topic can produce."""
+    ok = prediction(10_000)
+    no_id = {k: v for k, v in ok.items() if k != "prediction_id"}
+    return [
+        (b"this is not json", "not_json"),
+        (b'{"prediction_id": "\xff\xfe"}', "invalid_utf8"),
+        (b"[1, 2, 3]", "not_object"),
+        (b'{"prediction_id": "p", "amount": 1e999}', "non_finite"),
+        (b"[" * 2000 + b"]" * 2000, "too_deep"),
+        (b'{"pad": "' + b"x" * 20_000 + b'"}', "too_large"),
+        (orjson.dumps(no_id), "missing_field"),
+        (_bad(ok, features={"amount": "12", "age": 3, "country": "DE"}), "wrong_type"),
+        (_bad(ok, prediction=1.5), "out_of_range"),
+        (_bad(ok, timestamp="yesterday"), "bad_timestamp"),
+        (_bad(ok, model="someone-elses-model"), "unknown_model"),
+        (None, "empty"),
+    ]
+
+
+def test_counts_dead_letters_and_documented_metrics(topics: Topics, workers: Workers) -> None:
+    topics.create(partitions=2)
+    valid = stream(0, 300, seed=1)
+    bad = invalid_predictions()
+    produce(topics.bootstrap, topics.predictions, valid)
+    produce(
+        topics.bootstrap,
+        topics.predictions,
+        [(b"bad", v) for v, _ in bad],
+        headers=[("trace-id", b"abc123")],
+    )
+    produce(
+        topics.bootstrap,
+        topics.labels,
+        [label(i) for i in range(100)] + [(b"p1", b'{"prediction_id": "p1"}')],
+    )
+
+    config = worker_config(topics, free_port(), contract={"max_message_bytes": 10_000})
+    worker = workers(config).start()
+    worker.wait_for(
+        lambda: (
+            worker.sample(PRED, topic=topics.predictions, model="fraud") == 300
+            and worker.sample(PRED, topic=topics.labels, model="") == 100
+            and sum(
+                v
+                for (n, _), v in worker.metrics().items()
+                if n == "streamwatch_events_invalid_total"
+            )
+            == len(bad) + 1
+        )
+    )
+
+    for reason, expected in Counter(r for _, r in bad).items():
+        got = worker.sample(
+            "streamwatch_events_invalid_total", topic=topics.predictions, reason=reason
+        )
+        assert got == expected, reason
+    assert (
+        worker.sample(
+            "streamwatch_events_invalid_total", topic=topics.labels, reason="missing_field"
+        )
+        == 1
+    )
+    assert worker.get("/healthz")[0] == 200
+    assert worker.get("/readyz") == (200, "consuming 4 partition(s)\n")
+
+    # Every rejected message is in the dead-letter topic, bytes and headers intact.
+    letters = consume_all(topics.bootstrap, topics.dead_letters, expected=len(bad) + 1)
+    assert len(letters) == len(bad) + 1
+    found = {}
+    for m in letters:
+        headers = dict(m.headers() or [])
+        assert headers["streamwatch.source.topic"].decode() in (topics.predictions, topics.labels)
+        assert int(headers["streamwatch.source.offset"]) >= 0
+        assert int(headers["streamwatch.source.partition"]) in (0, 1)
+        assert headers["streamwatch.error.detail"]
+        found[m.value()] = headers["streamwatch.error.reason"].decode()
+        if headers["streamwatch.source.topic"].decode() == topics.predictions:
+            assert headers["trace-id"] == b"abc123"
+    for value, reason in bad:
+        assert found[value] == reason
+
+    # docs/metrics.md is the one list of what /metrics exposes.
+    documented = set(
+        re.findall(
+            r"^\| `(streamwatch_[a-z_]+)`",
+            (ROOT / "docs/metrics.md").read_text(),
+            flags=re.MULTILINE,
+        )
+    )
+    _, text = worker.get("/metrics")
+    exposed = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")}
+    exposed = {n for n in exposed if n.startswith("streamwatch_")}
+    assert exposed == documented
+
+    assert worker.stop() == 0
+
+
+def test_sigterm_mid_run_then_restart_counts_every_event_once(
+    topics: Topics, workers: Workers
+) -> None:
+    topics.create(partitions=3)
+    total = produce(topics.bootstrap, topics.predictions, stream(0, 60_000, seed=2))
+    config = worker_config(
+        topics, free_port(), worker={"batch_size": 200, "commit_interval_seconds": 0.2}
+    )
+    first = workers(config).start()
+    first.wait_for(
+        lambda: first.sample(PRED, topic=topics.predictions, model="fraud") > 0, timeout=60
+    )
+    assert first.stop(timeout=10) == 0
+    done_first = _stopped_after(first.output())
+    assert 0 < done_first < total, "the stop should land mid-run"
+
+    second = workers(config).start()
+    remaining = total - done_first
+    second.wait_for(
+        lambda: second.sample(PRED, topic=topics.predictions, model="fraud") >= remaining,
+        timeout=90,
+    )
+    # nothing beyond the remainder arrives later either
+    assert second.stop() == 0
+    assert _stopped_after(second.output()) == remaining
+
+
+def _stopped_after(log: str) -> int:
+    match = re.search(r"stopped after (\d+) messages", log)
+    assert match, log
+    return int(match.group(1))
+
+
+def test_drift_alarm_on_the_shifted_feature_only_and_only_after_the_shift(
+    topics: Topics, workers: Workers
+) -> None:
+    topics.create(partitions=1)
+    produce(topics.bootstrap, topics.predictions, stream(0, 3000, seed=3))
+    worker = workers(worker_config(topics, free_port())).start()
+    alarms = "streamwatch_drift_alarms_total"
+
+    def alarm_count(feature: str) -> float:
+        return worker.sample(
+            alarms,
+            model="fraud",
+            model_version="v1",
+            signal="feature",
+            feature=feature,
+            detector="psi_threshold",
+        )
+
+    worker.wait_for(lambda: worker.sample(PRED, topic=topics.predictions, model="fraud") == 3000)
+    assert alarm_count("amount") == 0 and alarm_count("age") == 0
+    assert (
+        worker.sample(
+            "streamwatch_drift_score",
+            model="fraud",
+            model_version="v1",
+            feature="amount",
+            statistic="psi",
+            window="events_500",
+        )
+        < 0.2
+    )
+
+    produce(topics.bootstrap, topics.predictions, stream(3000, 1000, seed=4, amount_shift=1.0))
+    worker.wait_for(lambda: worker.sample(PRED, topic=topics.predictions, model="fraud") == 4000)
+    assert alarm_count("amount") >= 1
+    assert alarm_count("age") == 0
+    assert worker.stop() == 0
+
+
+def test_refuses_topics_that_are_not_co_partitioned(topics: Topics, workers: Workers) -> None:
+    topics.create(partitions=2, labels_partitions=3)
+    worker = workers(worker_config(topics, free_port())).start()
+    assert worker.process is not None
+    assert worker.process.wait(timeout=30) == 2
+    assert "same partition count" in worker.output()
+
+
+def test_refuses_missing_topics(topics: Topics, workers: Workers) -> None:
+    worker = workers(worker_config(topics, free_port())).start()  # topics never created
+    assert worker.process is not None
+    assert worker.process.wait(timeout=30) == 2
+    assert f"topic {topics.predictions!r} does not exist" in worker.output()
