@@ -33,7 +33,7 @@ from streamwatch.decode import REASONS
 from streamwatch.monitor import Monitor
 
 # `_created` series double every counter's series count and nothing here alerts on them.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 PSI = "psi"
 DETECTOR = "psi_threshold"

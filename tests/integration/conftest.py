@@ -63,7 +63,7 @@ def produce(
     bootstrap: str,
     topic: str,
     messages: Iterable[tuple[bytes | None, bytes | None]],
-    headers: list[tuple[str, bytes]] | None = None,
+    headers: list[tuple[str, str | bytes | None]] | None = None,
 ) -> int:
     """Produce (key, value) pairs with the Java client's partitioner; returns the count."""
     producer = Producer(
