@@ -124,6 +124,7 @@ def _run(args: argparse.Namespace) -> int:
     stop = _stop_on_signals()
     app.worker().run(stop)
     server.shutdown()
+    server.server_close()
     return 0
 
 

@@ -9,6 +9,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# No wall-clock limits in tests: these machines are shared and noisy. Hypothesis's deadline
+# and its too-slow health check are both wall-clock thresholds.
+settings.register_profile(
+    "streamwatch", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("streamwatch")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))

@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from streamwatch import ConfigError, load_settings
+from streamwatch.config import parse_settings
+from tests.conftest import ROOT
+
+MINIMAL = {
+    "models": [{"name": "m", "task": "binary", "features": [{"name": "x", "type": "numeric"}]}]
+}
+
+BROKEN = {
+    "kafka": {"bootstrap_servers": 42, "properties": {"sasl.password": "hunter2"}},
+    "topics": {"labels": "no spaces allowed"},
+    "contract": {"predictions": {"model": "meta..model"}},
+    "models": [
+        {"name": "m", "task": "ranking", "features": []},
+        {
+            "name": "n",
+            "task": "binary",
+            "features": [{"name": "x", "type": "numeric"}, {"name": "x", "type": "numeric"}],
+        },
+    ],
+    "worker": {"batch_size": 0, "batch_sise": 10},
+    "exporter": {"port": 70000},
+}
+BROKEN_PATHS = [
+    "kafka.bootstrap_servers",
+    "topics.labels",
+    "contract.predictions.model",
+    "models.0.task",
+    "models.0.features",
+    "models.1.features",
+    "worker.batch_size",
+    "worker.batch_sise",
+    "exporter.port",
+]
+
+
+def test_defaults_fill_an_almost_empty_config() -> None:
+    settings = parse_settings(MINIMAL)
+    assert settings.topics.predictions == "predictions"
+    assert settings.kafka.librdkafka() == {"bootstrap.servers": "localhost:9092"}
+    assert settings.model("m") is not None
+    assert settings.model("nope") is None
+
+
+def test_every_problem_is_reported_with_its_path_and_a_fix() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(BROKEN)
+    paths = [p.path for p in caught.value.problems]
+    assert sorted(paths) == sorted(BROKEN_PATHS)
+    assert all(p.hint for p in caught.value.problems)
+    assert "hunter2" not in str(caught.value)
+
+
+def test_secrets_never_print(tmp_path: Path) -> None:
+    settings = parse_settings(
+        {
+            **MINIMAL,
+            "kafka": {"properties": {"sasl.password": "hunter2", "security.protocol": "SASL_SSL"}},
+        }
+    )
+    assert "hunter2" not in repr(settings)
+    assert "hunter2" not in str(settings.model_dump())
+    assert settings.kafka.librdkafka()["sasl.password"] == "hunter2"
+    assert settings.kafka.librdkafka()["security.protocol"] == "SASL_SSL"
+
+
+def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({**MINIMAL, "kafka": {"bootstrap_servers": "file:9092"}}))
+    monkeypatch.setenv("STREAMWATCH_KAFKA__BOOTSTRAP_SERVERS", "env:9092")
+    monkeypatch.setenv("STREAMWATCH_EXPORTER__PORT", "9999")
+    settings = load_settings(path)
+    assert settings.kafka.bootstrap_servers == "env:9092"
+    assert settings.exporter.port == 9999
+
+
+def test_bad_environment_value_names_the_field(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(MINIMAL))
+    monkeypatch.setenv("STREAMWATCH_EXPORTER__PORT", "lots")
+    with pytest.raises(ConfigError, match=r"exporter\.port"):
+        load_settings(path)
+
+
+def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="pass the path of a readable YAML file"):
+        load_settings(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_settings(bad)
+
+
+def _check_config(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "streamwatch", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+
+
+def test_check_config_cli_lists_every_path_and_exits_non_zero(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump(BROKEN))
+    result = _check_config(path)
+    assert result.returncode == 2
+    for field in BROKEN_PATHS:
+        assert f"  {field}: " in result.stderr
+    assert "fix: " in result.stderr
+    assert "hunter2" not in result.stderr + result.stdout
+
+
+def test_check_config_cli_accepts_the_shipped_example() -> None:
+    result = _check_config(ROOT / "examples" / "streamwatch.yaml")
+    assert result.returncode == 0, result.stderr
+    assert "OK" in result.stdout

@@ -1,0 +1,234 @@
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streamwatch.config import parse_settings
+from streamwatch.decode import REASONS, Decoder, Label, Prediction, Rejection, parse_timestamp
+
+MODELS = [
+    {
+        "name": "fraud",
+        "task": "binary",
+        "features": [
+            {"name": "amount", "type": "numeric"},
+            {"name": "country", "type": "categorical"},
+        ],
+    },
+    {"name": "intent", "task": "multiclass", "features": [{"name": "len", "type": "numeric"}]},
+    {"name": "eta", "task": "regression", "features": [{"name": "km", "type": "numeric"}]},
+]
+DECODER = Decoder(parse_settings({"models": MODELS, "contract": {"max_message_bytes": 4096}}))
+
+
+def event(**changes: Any) -> dict[str, Any]:
+    base = {
+        "prediction_id": "p1",
+        "model": "fraud",
+        "model_version": "v3",
+        "timestamp": "2026-11-27T10:00:00+01:00",
+        "features": {"amount": 12.5, "country": "DE"},
+        "prediction": 0.25,
+    }
+    return {**base, **changes}
+
+
+def decode(
+    value: bytes | None,
+    key: bytes | None = None,
+    headers: list[tuple[str, str | bytes | None]] | None = None,
+) -> Prediction | Rejection:
+    return DECODER.prediction(value, key, headers, "predictions", 3, 17)
+
+
+def reason(value: bytes | None) -> str:
+    record = decode(value)
+    assert isinstance(record, Rejection), record
+    assert record.reason in REASONS
+    assert (record.topic, record.partition, record.offset) == ("predictions", 3, 17)
+    assert record.value == value
+    return record.reason
+
+
+def test_valid_binary_prediction() -> None:
+    record = decode(orjson.dumps(event(attributes={"country": "DE"}, predicted_label=True)))
+    assert isinstance(record, Prediction)
+    assert record.timestamp == 1_795_770_000.0  # 09:00 UTC
+    assert record.prediction == 0.25
+    assert record.predicted_label == "True"
+    assert record.attributes == {"country": "DE"}
+    assert (record.partition, record.offset) == (3, 17)
+
+
+def test_epoch_milliseconds_and_rfc3339_agree() -> None:
+    assert parse_timestamp(1_795_770_000_000) == parse_timestamp("2026-11-27T09:00:00Z")
+
+
+def test_multiclass_and_regression_predictions() -> None:
+    multi = decode(
+        orjson.dumps(
+            event(
+                model="intent",
+                features={"len": 3},
+                prediction={"class": "refund", "scores": {"refund": 0.7, "other": 0.3}},
+            )
+        )
+    )
+    assert isinstance(multi, Prediction)
+    assert multi.prediction == "refund"
+    assert multi.scores == {"refund": 0.7, "other": 0.3}
+    plain = decode(orjson.dumps(event(model="intent", features={"len": 3}, prediction=4)))
+    assert isinstance(plain, Prediction)
+    assert plain.prediction == "4"
+    eta = decode(orjson.dumps(event(model="eta", features={"km": 2}, prediction=-3.5)))
+    assert isinstance(eta, Prediction)
+    assert eta.prediction == -3.5
+
+
+def test_missing_features_are_allowed_as_missing_values() -> None:
+    record = decode(orjson.dumps(event(features={"amount": None})))
+    assert isinstance(record, Prediction)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, "empty"),
+        (b"x" * 5000, "too_large"),
+        (b'{"a": "\xc3\x28"}', "invalid_utf8"),
+        (b"{", "not_json"),
+        (b'{"a": -1e999}', "non_finite"),
+        (b"[" * 1100 + b"]" * 1100, "too_deep"),
+        (b'"a string"', "not_object"),
+        (orjson.dumps({k: v for k, v in event().items() if k != "features"}), "missing_field"),
+        (orjson.dumps(event(model_version=None)), "missing_field"),
+        (orjson.dumps(event(features={"amount": "12.5"})), "wrong_type"),
+        (orjson.dumps(event(features={"amount": True})), "wrong_type"),
+        (orjson.dumps(event(features={"country": {"nested": 1}})), "wrong_type"),
+        (orjson.dumps(event(features=[1, 2])), "wrong_type"),
+        (orjson.dumps(event(prediction="high")), "wrong_type"),
+        (orjson.dumps(event(prediction=1.01)), "out_of_range"),
+        (orjson.dumps(event(timestamp="2026-11-27 10:00")), "bad_timestamp"),
+        (orjson.dumps(event(timestamp="tomorrow")), "bad_timestamp"),
+        (orjson.dumps(event(timestamp=[1])), "bad_timestamp"),
+        (orjson.dumps(event(model="other")), "unknown_model"),
+        (orjson.dumps(event(attributes=[1])), "wrong_type"),
+    ],
+)
+def test_each_contract_violation_has_its_reason(value: bytes | None, expected: str) -> None:
+    assert reason(value) == expected
+
+
+def test_every_reason_is_reachable() -> None:
+    # The parametrised cases above cover REASONS exactly: a new reason needs a case.
+    covered = {
+        "empty",
+        "too_large",
+        "invalid_utf8",
+        "not_json",
+        "non_finite",
+        "too_deep",
+        "not_object",
+        "missing_field",
+        "wrong_type",
+        "out_of_range",
+        "bad_timestamp",
+        "unknown_model",
+    }
+    assert covered == set(REASONS)
+
+
+def test_a_payload_shaped_differently_is_mapped_by_the_config() -> None:
+    settings = parse_settings(
+        {
+            "models": MODELS,
+            "contract": {
+                "predictions": {
+                    "prediction_id": "key",
+                    "model": "header:x-model",
+                    "model_version": "meta.version",
+                    "timestamp": "meta.ts",
+                    "features": "inputs",
+                    "prediction": "output.p_fraud",
+                    "attributes": "meta.segment",
+                }
+            },
+        }
+    )
+    theirs = {
+        "meta": {"version": 7, "ts": 1_795_770_000_000, "segment": {"device": "ios"}},
+        "inputs": {"amount": 3, "country": "FR"},
+        "output": {"p_fraud": 0.9},
+    }
+    record = Decoder(settings).prediction(
+        orjson.dumps(theirs), b"id-42", [("x-model", b"fraud")], "t", 0, 0
+    )
+    assert isinstance(record, Prediction)
+    assert (record.prediction_id, record.model, record.model_version) == ("id-42", "fraud", "7")
+    assert record.prediction == 0.9
+    assert record.attributes == {"device": "ios"}
+    missing_header = Decoder(settings).prediction(orjson.dumps(theirs), b"id", None, "t", 0, 0)
+    assert isinstance(missing_header, Rejection)
+    assert missing_header.reason == "missing_field"
+
+
+def test_labels() -> None:
+    ok = DECODER.label(
+        b'{"prediction_id": "p1", "label": true, "timestamp": 1000}', None, None, "labels", 0, 5
+    )
+    assert ok == Label("p1", 1.0, 1.0, 0, 5)
+    bad = DECODER.label(
+        b'{"prediction_id": "p1", "label": [1], "timestamp": 1000}', None, None, "labels", 0, 6
+    )
+    assert isinstance(bad, Rejection)
+    assert bad.reason == "wrong_type"
+
+
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_never_raise(value: bytes) -> None:
+    assert isinstance(decode(value), Prediction | Rejection)
+    assert isinstance(DECODER.label(value, value, None, "l", 0, 0), Label | Rejection)
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53), 2**53)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=10),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3)
+    ),
+    max_leaves=10,
+)
+
+
+@given(st.dictionaries(st.sampled_from([*list(event()), "extra"]), json_values, max_size=8))
+def test_arbitrary_json_objects_are_either_valid_or_rejected(doc: dict[str, Any]) -> None:
+    record = decode(orjson.dumps({**event(), **doc}))
+    if isinstance(record, Prediction):
+        assert record.model == "fraud"
+        assert 0.0 <= float(record.prediction) <= 1.0
+    else:
+        assert record.reason in REASONS
+
+
+@given(
+    amount=st.floats(allow_nan=False, allow_infinity=False)
+    | st.integers(-(10**6), 10**6)
+    | st.none(),
+    score=st.floats(0.0, 1.0),
+    country=st.text(min_size=1, max_size=5),
+    ms=st.integers(0, 4_000_000_000_000),
+)
+def test_valid_events_round_trip(amount: float | None, score: float, country: str, ms: int) -> None:
+    doc = event(features={"amount": amount, "country": country}, prediction=score, timestamp=ms)
+    record = decode(orjson.dumps(doc))
+    assert isinstance(record, Prediction)
+    assert record.features == {"amount": amount, "country": country}
+    assert record.prediction == score
+    assert record.timestamp == ms / 1000.0

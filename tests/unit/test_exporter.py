@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import re
+import urllib.error
+import urllib.request
+
+from prometheus_client import CollectorRegistry
+
+from streamwatch.app import build
+from streamwatch.config import parse_settings
+from streamwatch.demo import run_in_memory
+from streamwatch.exporter import Health, serve
+from streamwatch.simulation import DEMO_CONFIG, Scenario
+from tests.conftest import ROOT
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_health_endpoints_follow_the_worker() -> None:
+    health = Health(stall_seconds=60)
+    server = serve(CollectorRegistry(), "127.0.0.1", 0, health)
+    port = server.server_address[1]
+    try:
+        assert _get(port, "/healthz") == (200, "ok\n")
+        assert _get(port, "/readyz") == (503, "no partitions assigned\n")
+        health.assigned = 2
+        assert _get(port, "/readyz") == (200, "consuming 2 partition(s)\n")
+        health.last_poll -= 120
+        status, body = _get(port, "/readyz")
+        assert status == 503
+        assert "stalled" in body
+        assert _get(port, "/nope")[0] == 404
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_demo_run_exports_exact_counts_and_the_alarm() -> None:
+    settings = parse_settings(DEMO_CONFIG)
+    app = build(settings)
+    scenario = Scenario(events=20_000, drift_at=12_000)
+    result = run_in_memory(app, scenario)
+    r = app.registry
+    events = r.get_sample_value(
+        "streamwatch_events_total", {"topic": "demo-predictions", "model": "fraud-detector"}
+    )
+    assert events == 20_000
+    assert (
+        r.get_sample_value("streamwatch_events_total", {"topic": "demo-labels", "model": ""})
+        == 20_000
+    )
+    invalid = sum(result.invalid.values())
+    assert invalid == 20
+    alarms = r.get_sample_value(
+        "streamwatch_drift_alarms_total",
+        {
+            "model": "fraud-detector",
+            "model_version": "2026.11.1",
+            "signal": "feature",
+            "feature": "amount",
+            "detector": "psi_threshold",
+        },
+    )
+    assert alarms is not None
+    assert alarms >= 1
+    assert [a[2] for a in result.alarms] == ["amount"]
+    assert result.alarms[0][3] > 12_000
+
+
+def test_metrics_documented_are_the_metrics_registered() -> None:
+    app = build(parse_settings(DEMO_CONFIG))
+    run_in_memory(app, Scenario(events=8000, drift_at=7000))
+    names = {m.name + ("_total" if m.type == "counter" else "") for m in app.registry.collect()}
+    documented = set(
+        re.findall(
+            r"^\| `(streamwatch_[a-z_]+)`",
+            (ROOT / "docs/metrics.md").read_text(),
+            flags=re.MULTILINE,
+        )
+    )
+    assert names == documented
