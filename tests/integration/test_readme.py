@@ -1,0 +1,117 @@
+"""Every command the README shows, run as written."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+
+from tests.conftest import ROOT
+
+README = (ROOT / "README.md").read_text()
+COMMANDS = re.findall(r"^\$ (.+)$", README, flags=re.MULTILINE)
+CI_COMMAND = "make test"  # runs this very suite: checked through .ci/run instead
+
+
+def test_the_readme_shows_the_commands_this_file_runs() -> None:
+    assert COMMANDS == [
+        "make demo",
+        CI_COMMAND,
+        "make broker",
+        ".venv/bin/streamwatch demo --bootstrap-servers localhost:9092",
+        ".venv/bin/streamwatch check-config examples/streamwatch.yaml",
+        ".venv/bin/streamwatch run --config examples/streamwatch.yaml",
+        "curl -s localhost:9308/metrics",
+    ]
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert [line for line in ci if line and not line.startswith(("#", "set ", "cd "))] == [
+        CI_COMMAND
+    ]
+
+
+def _run(command: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command, shell=True, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def test_make_demo() -> None:
+    result = _run("make demo")
+    assert result.returncode == 0, result.stderr
+    assert "demo-predictions: 60,000 valid events" in result.stdout
+    assert "ALARM fraud-detector 2026.11.1 feature=amount" in result.stdout
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _wait(condition: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if callable(condition) and condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_the_kafka_walkthrough() -> None:
+    assert not _port_open(9092), "the README's broker needs port 9092 free"
+    assert not _port_open(9308), "the README's worker needs port 9308 free"
+    broker = subprocess.Popen(
+        "make broker",
+        shell=True,
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        _wait(lambda: _port_open(9092), 120, "make broker")
+        demo = _run(".venv/bin/streamwatch demo --bootstrap-servers localhost:9092")
+        assert demo.returncode == 0, demo.stderr
+        assert "demo-predictions: 60,000 valid events" in demo.stdout
+        assert "ALARM fraud-detector 2026.11.1 feature=amount" in demo.stdout
+
+        check = _run(".venv/bin/streamwatch check-config examples/streamwatch.yaml")
+        assert check.returncode == 0, check.stderr
+
+        worker = subprocess.Popen(
+            [".venv/bin/streamwatch", "run", "--config", "examples/streamwatch.yaml"],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+        def consumed_all() -> bool:
+            try:
+                with urllib.request.urlopen("http://127.0.0.1:9308/metrics", timeout=2) as r:
+                    text = r.read().decode()
+            except OSError:
+                return False
+            return (
+                'streamwatch_events_total{model="fraud-detector",topic="demo-predictions"} 60000.0'
+            ) in text
+
+        _wait(consumed_all, 120, "the worker to consume the demo stream")
+        curl = _run("curl -s localhost:9308/metrics")
+        assert curl.returncode == 0
+        assert "streamwatch_events_invalid_total" in curl.stdout
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=20) == 0
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.kill()
+        os.killpg(broker.pid, signal.SIGINT)  # Ctrl+C, as the README says
+        try:
+            broker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(broker.pid, signal.SIGKILL)
+            broker.wait()
+    _wait(lambda: not _port_open(9092), 30, "the broker to stop")
