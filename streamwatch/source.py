@@ -49,16 +49,17 @@ class Source:
         self, settings: Settings, on_assign: Rebalance, on_revoke: Rebalance, on_lost: Rebalance
     ) -> None:
         self.topics = (settings.topics.predictions, settings.topics.labels)
+        self._required = (*self.topics, settings.topics.dead_letters)
         self._servers = settings.kafka.bootstrap_servers
         self._consumer = Consumer(consumer_config(settings))
         self._on_assign, self._on_revoke, self._on_lost = on_assign, on_revoke, on_lost
         self.assignment: list[TopicPartition] = []
 
     def check_topics(self, timeout: float = 10.0) -> dict[str, int]:
-        """Partition counts of the input topics; raises KafkaSetupError if one is missing."""
+        """Partition counts of the topics; raises KafkaSetupError if one is missing."""
         metadata = self._consumer.list_topics(timeout=timeout)
         counts = {}
-        for name in self.topics:
+        for name in self._required:
             topic = metadata.topics.get(name)
             if topic is None or topic.error is not None:
                 raise KafkaSetupError(

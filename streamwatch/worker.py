@@ -23,12 +23,12 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
 
 from streamwatch.config import Settings
 from streamwatch.deadletter import DeadLetters
 from streamwatch.decode import Decoder, Label, Prediction, RawMessage, Rejection
-from streamwatch.errors import KafkaSetupError
+from streamwatch.errors import ConfigError, ConfigProblem, KafkaSetupError
 from streamwatch.exporter import Health, Telemetry
 from streamwatch.monitor import Monitor
 from streamwatch.source import Source
@@ -112,9 +112,22 @@ class Worker:
         self.pipeline = pipeline
         self.health = health
         self.telemetry = pipeline.telemetry
-        config = settings.kafka.librdkafka()
-        self.dead_letters = DeadLetters(settings.topics.dead_letters, config)
-        self.source = Source(settings, self._assigned, self._revoked, self._lost)
+        try:
+            self.dead_letters = DeadLetters(
+                settings.topics.dead_letters, settings.kafka.librdkafka()
+            )
+            self.source = Source(settings, self._assigned, self._revoked, self._lost)
+        except KafkaException as error:  # librdkafka refused a property
+            raise ConfigError(
+                "kafka.properties",
+                [
+                    ConfigProblem(
+                        "kafka.properties",
+                        str(error.args[0].str()),
+                        "use a property librdkafka knows (see librdkafka's CONFIGURATION.md)",
+                    )
+                ],
+            ) from None
         self._lag_series: set[tuple[str, str]] = set()
 
     def check(self) -> None:
@@ -131,10 +144,10 @@ class Worker:
     def run(self, stop: threading.Event) -> None:
         """Consume until ``stop`` is set, then finish the batch, checkpoint and close."""
         w = self.settings.worker
-        self.check()
-        self.source.subscribe()
-        last_commit = time.monotonic()
         try:
+            self.check()
+            self.source.subscribe()
+            last_commit = time.monotonic()
             while not stop.is_set():
                 messages = self.source.consume(w.batch_size, w.poll_timeout_seconds)
                 self.health.last_poll = time.monotonic()

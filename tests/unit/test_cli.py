@@ -2,9 +2,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 import streamwatch
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -57,3 +63,77 @@ def test_public_names() -> None:
         "simulation",
     }
     assert set(streamwatch.__all__) == public | {"__version__"}
+
+
+def test_run_refuses_a_bad_config_before_touching_kafka(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "kafka": {"bootstrap_servers": "192.0.2.1:1"},
+                "models": [
+                    {"name": "m", "task": "binary", "features": [{"name": "x", "type": "text"}]}
+                ],
+            }
+        )
+    )
+    result = _cli("run", "--config", str(path))
+    assert result.returncode == 2
+    assert "models.0.features.0.type" in result.stderr
+
+
+def test_run_names_an_unknown_librdkafka_property(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "kafka": {"properties": {"fetch.wait.maximum": 5}},
+                "models": [
+                    {"name": "m", "task": "binary", "features": [{"name": "x", "type": "numeric"}]}
+                ],
+                "exporter": {"port": 0},
+            }
+        )
+    )
+    result = _cli("run", "--config", str(path))
+    assert result.returncode == 2
+    assert "kafka.properties" in result.stderr
+    assert "fetch.wait.maximum" in result.stderr
+
+
+def test_demo_serves_metrics_while_it_runs() -> None:
+    port = free_port()
+    demo = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamwatch",
+            "demo",
+            "--events",
+            "400000",
+            "--metrics-port",
+            str(port),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    seen = 0.0
+    try:
+        while demo.poll() is None and not seen:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                    text = r.read().decode()
+            except OSError:
+                time.sleep(0.05)
+                continue
+            for family in text_string_to_metric_families(text):
+                for s in family.samples:
+                    if s.name == "streamwatch_events_total" and s.labels["model"]:
+                        seen = s.value
+    finally:
+        demo.kill()
+        demo.wait()
+        assert demo.stdout is not None
+        demo.stdout.close()
+    assert seen > 0
