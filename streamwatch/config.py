@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from streamwatch.errors import ConfigError, ConfigProblem
@@ -128,8 +136,21 @@ class FeatureSpec(_Section):
 
 
 class ReferenceSpec(_Section):
-    # Without a profile, a model version's reference is its first N events.
+    # Without a profile for a version, its reference is its first N events.
     warmup_events: int = Field(default=1000, ge=10)
+    # Profiles from `streamwatch baseline`, one per model version (matched by their lineage).
+    profiles: list[Path] = []
+
+    @field_validator("profiles")
+    @classmethod
+    def _readable(cls, paths: list[Path]) -> list[Path]:
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise _problem(
+                f"no such profile file(s): {missing}",
+                "build one with `streamwatch baseline`, or fix the path",
+            )
+        return paths
 
 
 class ModelSpec(_Section):
@@ -156,10 +177,68 @@ class ModelSpec(_Section):
         return [f.name for f in self.features if f.type == "categorical"]
 
 
+class WindowSpec(_Section):
+    """A window of the last N events (per partition) or of the last N seconds of event time."""
+
+    events: int | None = Field(default=None, ge=10)
+    seconds: float | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> WindowSpec:
+        if (self.events is None) == (self.seconds is None):
+            raise _problem(
+                "a window needs exactly one of `events` and `seconds`",
+                "write {events: 2000} or {seconds: 3600}",
+            )
+        return self
+
+    @property
+    def name(self) -> str:
+        if self.events is not None:
+            return f"events_{self.events}"
+        seconds = int(self.seconds or 0)
+        for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+            if seconds % size == 0:
+                return f"{seconds // size}{unit}"
+        return f"{seconds}s"
+
+
 class DriftSettings(_Section):
-    bins: int = Field(default=10, ge=2, le=100)
-    window_events: int = Field(default=2000, ge=10)
-    psi_threshold: float = Field(default=0.2, gt=0)
+    # Expected events between false alarms, per model version, all its signals together.
+    false_alarm_budget_events: float = Field(default=1e6, ge=100)
+    # The CUSUM design: the smallest shifts to catch fast.
+    mean_shift_sigmas: float = Field(default=0.5, gt=0, le=5)
+    scale_ratio: float = Field(default=1.5, gt=1, le=10)
+    # Categorical signals: one chi-square test per this many events (and partition).
+    categorical_test_events: int = Field(default=1000, ge=50)
+    # The detector of numeric signals: cusum, or one of river's (adwin, page_hinkley, kswin).
+    detector: Literal["cusum", "adwin", "page_hinkley", "kswin"] = "cusum"
+    # Per-signal overrides, by feature name or "prediction".
+    detectors: dict[str, Literal["cusum", "adwin", "page_hinkley", "kswin"]] = {}
+    bins: int = Field(default=20, ge=2, le=200)
+    windows: list[WindowSpec] = Field(
+        default_factory=lambda: [
+            WindowSpec(events=2000),
+            WindowSpec(seconds=3600),
+            WindowSpec(seconds=86400),
+        ],
+        min_length=1,
+    )
+    # Below this many events a window has no statistics (they would be noise).
+    min_window_events: int = Field(default=200, ge=10)
+
+    @field_validator("windows")
+    @classmethod
+    def _count_window_first(cls, windows: list[WindowSpec]) -> list[WindowSpec]:
+        if windows[0].events is None:
+            raise _problem(
+                "the first window must count events (data quality reads it)",
+                "put an {events: N} window first",
+            )
+        names = [w.name for w in windows]
+        if len(set(names)) != len(names):
+            raise _problem(f"duplicate windows {names}", "list each window once")
+        return windows
 
 
 class WorkerSettings(_Section):
@@ -209,6 +288,29 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The environment overrides the file (which arrives as init kwargs).
         return env_settings, init_settings
+
+    @model_validator(mode="after")
+    def _detectors_name_signals(self) -> Settings:
+        problems = []
+        for name, detector in self.drift.detectors.items():
+            kinds = {f.type for m in self.models for f in m.features if f.name == name}
+            kinds |= {
+                "categorical" if m.task == "multiclass" else "numeric"
+                for m in self.models
+                if name == "prediction"
+            }
+            if not kinds:
+                problems.append(f"drift.detectors names {name!r}, which no model has")
+            elif detector != "cusum" and "categorical" in kinds:
+                problems.append(
+                    f"drift.detectors: {name!r} is categorical; {detector} needs "
+                    "numbers (categorical signals use chi-square tests)"
+                )
+        if problems:
+            raise _problem(
+                "; ".join(problems), 'name a numeric feature of a model, or "prediction"'
+            )
+        return self
 
     def model(self, name: str) -> ModelSpec | None:
         return next((m for m in self.models if m.name == name), None)

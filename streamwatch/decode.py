@@ -68,6 +68,10 @@ class Rejection:
     value: bytes | None
     key: bytes | None
     headers: Headers
+    # Where known: the model version and feature a type error belongs to (data quality).
+    model: str | None = None
+    model_version: str | None = None
+    feature: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,9 +99,10 @@ class Label:
 
 
 class _Invalid(Exception):  # noqa: N818 - internal control flow, never escapes this module
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: str, detail: str, where: tuple[str, str, str] | None = None) -> None:
         self.reason = reason
         self.detail = detail
+        self.where = where  # (model, model_version, feature) of a feature's type error
 
 
 Getter = Callable[[dict[str, Any], bytes | None, Headers], Any]
@@ -217,7 +222,17 @@ class Decoder:
         try:
             return self._prediction(value, key, headers, partition, offset)
         except _Invalid as bad:
-            return Rejection(topic, partition, offset, bad.reason, bad.detail, value, key, headers)
+            return Rejection(
+                topic,
+                partition,
+                offset,
+                bad.reason,
+                bad.detail,
+                value,
+                key,
+                headers,
+                *(bad.where or (None, None, None)),
+            )
 
     def label(
         self,
@@ -268,11 +283,17 @@ class Decoder:
         numeric = self._numeric[model]
         if not _NUMERIC.issuperset(map(type, map(features.get, numeric))):
             bad = next(n for n in numeric if type(features.get(n)) not in _NUMERIC)
-            raise _Invalid("wrong_type", f"feature {bad!r} must be a number or null")
+            raise _Invalid(
+                "wrong_type", f"feature {bad!r} must be a number or null", (model, version, bad)
+            )
         categorical = self._categorical[model]
         if not _CATEGORICAL.issuperset(map(type, map(features.get, categorical))):
             bad = next(n for n in categorical if type(features.get(n)) not in _CATEGORICAL)
-            raise _Invalid("wrong_type", f"feature {bad!r} must be a string, integer or boolean")
+            raise _Invalid(
+                "wrong_type",
+                f"feature {bad!r} must be a string, integer or boolean",
+                (model, version, bad),
+            )
         raw = _required(g["prediction"], "prediction", doc, key, headers)
         prediction, scores = _prediction_value(spec.task, raw)
         predicted_label = g["predicted_label"](doc, key, headers)

@@ -53,7 +53,7 @@ class DemoResult:
     messages: int
     events: dict[str, float]
     invalid: dict[str, float]
-    alarms: list[tuple[str, str, str, int]]  # model, version, feature, event index
+    alarms: list[tuple[str, str, str, str, str, int]]  # m, v, signal, feature, detector, index
 
 
 def _batches(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
@@ -158,7 +158,14 @@ def _result(app: App) -> DemoResult:
         if s.name.endswith("_total") and s.value
     }
     alarms = [
-        (a.model, a.model_version, a.feature, int(a.event_time - START_SECONDS))
+        (
+            a.model,
+            a.model_version,
+            a.signal,
+            a.feature,
+            a.detector,
+            int(a.event_time - START_SECONDS),
+        )
         for a in app.pipeline.monitor.alarm_log
     ]
     return DemoResult(app.pipeline.processed, events, invalid, alarms)
@@ -177,11 +184,16 @@ def summary(result: DemoResult, scenario: Scenario) -> str:
     )
     if not result.alarms:
         lines.append("no drift alarm raised")
-    for model, version, feature, index in result.alarms:
+    first: dict[tuple[str, ...], tuple[int, int]] = {}
+    for *what, index in result.alarms:  # the first alarm of each detector, and how many
+        seen = first.get(tuple(what))
+        first[tuple(what)] = (seen[0], seen[1] + 1) if seen else (index, 1)
+    for (model, version, signal, feature, detector), (index, count) in first.items():
         when = "after" if index >= scenario.drift_at else "BEFORE"
-        delay = index - scenario.drift_at
+        more = f", {count - 1} more later" if count > 1 else ""
         lines.append(
-            f"  ALARM {model} {version} feature={feature} at event ~{index:,} "
-            f"({abs(delay):,} events {when} the drift)"
+            f"  ALARM {model} {version} {signal}={feature} detector={detector} at "
+            f"event {index:,} ({abs(index - scenario.drift_at):,} events {when} the "
+            f"drift{more})"
         )
     return "\n".join(lines)

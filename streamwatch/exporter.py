@@ -13,8 +13,9 @@ from __future__ import annotations
 import platform
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import confluent_kafka
 from prometheus_client import (
@@ -34,9 +35,6 @@ from streamwatch.monitor import Monitor
 
 # `_created` series double every counter's series count and nothing here alerts on them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
-
-PSI = "psi"
-DETECTOR = "psi_threshold"
 
 
 class Telemetry:
@@ -95,55 +93,117 @@ class Telemetry:
         )
 
 
+def _family(
+    kind: type[GaugeMetricFamily] | type[CounterMetricFamily],
+    name: str,
+    doc: str,
+    labels: list[str],
+    rows: Iterable[tuple[Any, ...]],
+) -> Metric:
+    family = kind(name, doc, labels=labels)
+    for *label_values, value in rows:
+        family.add_metric([str(v) for v in label_values], float(value))
+    return family
+
+
+VERSION = ["model", "model_version"]
+SIGNAL = [*VERSION, "signal", "feature"]
+
+
 class MonitorCollector(Collector):
-    """Drift state exported at scrape time from a read-only snapshot."""
+    """The detection engine's state, built fresh at each scrape from a snapshot: a series
+    whose model version, window or score went away simply stops appearing."""
 
     def __init__(self, monitor: Monitor) -> None:
         self.monitor = monitor
 
     def collect(self) -> Iterator[Metric]:
         snap = self.monitor.snapshot()
-        window = f"events_{snap.window_events}"
-        score = GaugeMetricFamily(
-            "streamwatch_drift_score",
-            "Drift statistic of a feature's live window against the reference; absent while "
-            "undefined (warming up, window not yet full).",
-            labels=["model", "model_version", "feature", "statistic", "window"],
+        g, c = GaugeMetricFamily, CounterMetricFamily
+        yield _family(
+            g,
+            "streamwatch_model_info",
+            "A model version seen in the stream and the reference it is judged "
+            "against; the value is always 1.",
+            [*VERSION, "reference", "run_id", "data_snapshot"],
+            ((*row, 1) for row in snap.model_info),
         )
-        for s in snap.scores:
-            score.add_metric([s.model, s.model_version, s.feature, PSI, window], s.psi)
-        yield score
-        threshold = GaugeMetricFamily(
-            "streamwatch_drift_threshold",
-            "Alarm threshold in force for a drift statistic.",
-            labels=["statistic"],
-        )
-        threshold.add_metric([PSI], snap.psi_threshold)
-        yield threshold
-        warmup = GaugeMetricFamily(
+        yield _family(
+            g,
             "streamwatch_reference_warmup_ratio",
-            "Fill of a model version's warm-up reference; scores exist only at 1.",
-            labels=["model", "model_version"],
+            "Fill of a model version's warm-up reference; 1 once it has a reference.",
+            VERSION,
+            snap.warmup,
         )
-        for (model, version), ratio in snap.warmup_ratio.items():
-            warmup.add_metric([model, version], ratio)
-        yield warmup
-        alarms = CounterMetricFamily(
+        yield _family(
+            g,
+            "streamwatch_drift_score",
+            "A windowed drift statistic of a signal against its reference; absent "
+            "while undefined (see streamwatch_drift_score_undefined).",
+            [*SIGNAL, "statistic", "window"],
+            snap.scores,
+        )
+        yield _family(
+            g,
+            "streamwatch_drift_score_undefined",
+            "1 where a signal's scores are absent, with the reason: warming_up, "
+            "too_few_events or no_values.",
+            [*SIGNAL, "window", "reason"],
+            ((*row, 1) for row in snap.undefined),
+        )
+        yield _family(
+            g,
+            "streamwatch_window_events",
+            "Events in a window (owned partitions).",
+            [*VERSION, "window"],
+            ((m, v, w, n) for m, v, w, n, _ in snap.windows),
+        )
+        yield _family(
+            g,
+            "streamwatch_window_fill_ratio",
+            "How full a window is: events over its size, or covered event time over its span.",
+            [*VERSION, "window"],
+            ((m, v, w, f) for m, v, w, _, f in snap.windows),
+        )
+        yield _family(
+            g,
+            "streamwatch_data_quality_ratio",
+            "Share of a feature's events in the count window failing a check: "
+            "missing, out_of_range, unseen_category or type_error.",
+            [*VERSION, "feature", "check"],
+            snap.quality,
+        )
+        yield _family(
+            g,
+            "streamwatch_drift_detector_ratio",
+            "A sequential detector's statistic over its threshold (1 = alarm), "
+            "the highest of its charts and of the owned partitions.",
+            [*SIGNAL, "detector"],
+            snap.detector_ratio,
+        )
+        yield _family(
+            g,
+            "streamwatch_drift_threshold",
+            "Threshold in force for a detector, derived from the false-alarm "
+            "budget (CUSUM h, or the chi-square test's significance level).",
+            [*VERSION, "detector"],
+            snap.thresholds,
+        )
+        yield _family(
+            c,
             "streamwatch_drift_alarms",
-            "Drift alarms raised (one per threshold crossing).",
-            labels=["model", "model_version", "signal", "feature", "detector"],
+            "Drift alarms raised. Alert on increase(): a detector's flag is true "
+            "for one event only.",
+            [*SIGNAL, "detector"],
+            ((*k, n) for k, n in snap.alarms.items()),
         )
-        for (model, version, feature), count in snap.alarms.items():
-            alarms.add_metric([model, version, "feature", feature, DETECTOR], count)
-        yield alarms
-        last = GaugeMetricFamily(
+        yield _family(
+            g,
             "streamwatch_drift_last_alarm_timestamp_seconds",
-            "Event time of the batch that raised the latest drift alarm.",
-            labels=["model", "model_version", "feature"],
+            "Event time of the event that raised the latest alarm.",
+            [*SIGNAL, "detector"],
+            ((*k, t) for k, t in snap.last_alarm.items()),
         )
-        for (model, version, feature), seconds in snap.last_alarm_seconds.items():
-            last.add_metric([model, version, feature], seconds)
-        yield last
 
 
 class Health:

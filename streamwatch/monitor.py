@@ -1,13 +1,20 @@
-"""Monitor: applies decoded micro-batches to the references, windows and drift detectors.
+"""Monitor: the detection engine, fed one decoded micro-batch at a time.
 
-State is split by ownership so that it can be checkpointed and moved on a rebalance:
+Per model version (worker-wide): its signals (features and the prediction), its reference
+profile (from a file, or built from its first ``warmup_events`` events) and lineage.
+Per ``(predictions partition, model version)``: the windows (additive count tables) and the
+sequential detectors, so this state can move with its partition on a rebalance.
 
-* references are per model version (shared by every partition: one set of bin edges);
-* windows are per ``(predictions partition, model, model version)``: additive counts, created
-  on first use and dropped when the partition is revoked;
-* alarm counters are per worker and only ever grow (they are Prometheus counters).
+A batch goes, per (model version, partition) group::
 
-Scores are computed on the sum of the owned partitions' windows after each batch.
+    extract columns  ->  bin / normal scores / category codes (numpy, once per batch)
+        -> windows: add one table per window (and per time bucket)
+        -> detectors: CUSUM on normal scores, chi-square on codes, river on raw values
+        -> alarms (counters, with the event that raised them)
+
+Windowed statistics (PSI, KS, mean shift, JS, chi-square) are computed at snapshot time on
+the sum of the owned partitions' windows, and only when a window holds at least
+``min_window_events``: otherwise the snapshot says why the score is absent.
 """
 
 from __future__ import annotations
@@ -15,186 +22,585 @@ from __future__ import annotations
 import threading
 from collections import defaultdict, deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from streamwatch.config import DriftSettings, ModelSpec, Settings
-from streamwatch.decode import Prediction
-from streamwatch.detectors import CountWindow, FloatArray, IntArray, bin_counts, psi, quantile_edges
+from streamwatch.config import ModelSpec, Settings, WindowSpec
+from streamwatch.decode import Prediction, Rejection
+from streamwatch.detectors import Budget, Chi2Bank, Crossing, CusumBank, RiverBank
+from streamwatch.reference import Lineage, Profile, Signal, bin_index, build_profile, uniforms
+from streamwatch.statistics import (
+    FloatArray,
+    IntArray,
+    chi2_pvalue,
+    jensen_shannon,
+    ks_binned,
+    mean_shift,
+    psi,
+)
+from streamwatch.windows import CountWindow, Table, TimeWindow
 
 VersionKey = tuple[str, str]  # (model, model_version)
+
+
+def signals_of(spec: ModelSpec) -> list[Signal]:
+    """A model's monitored signals: its features, then its prediction."""
+    out = [Signal("feature", f.name, f.type) for f in spec.features]
+    out.append(
+        Signal(
+            "prediction", "prediction", "categorical" if spec.task == "multiclass" else "numeric"
+        )
+    )
+    return out
 
 
 @dataclass(frozen=True)
 class Alarm:
     model: str
     model_version: str
+    signal: str
     feature: str
-    event_time: float  # newest event time of the batch that raised it
+    detector: str
+    statistic: float | None
+    threshold: float | None
+    event_time: float
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the exporter and the replay timeline read: plain rows, copied under the lock."""
+
+    scores: list[tuple[str, str, str, str, str, str, float]]  # m, v, signal, feature, stat, window
+    undefined: list[tuple[str, str, str, str, str, str]]  # m, v, signal, feature, window, reason
+    windows: list[tuple[str, str, str, int, float]]  # m, v, window, events, fill
+    quality: list[tuple[str, str, str, str, float]]  # m, v, feature, check, ratio
+    detector_ratio: list[tuple[str, str, str, str, str, float]]  # m, v, signal, feature, det
+    thresholds: list[tuple[str, str, str, float]]  # m, v, detector, value
+    model_info: list[tuple[str, str, str, str, str]]  # m, v, reference, run id, data snapshot
+    warmup: list[tuple[str, str, float]]
+    alarms: dict[tuple[str, str, str, str, str], int]
+    last_alarm: dict[tuple[str, str, str, str, str], float]
+
+
+class Layout:
+    """How a model version's signals map to table columns."""
+
+    def __init__(self, spec: ModelSpec, bins: int) -> None:
+        self.spec = spec
+        self.signals = signals_of(spec)
+        self.numeric = [s for s in self.signals if s.type == "numeric"]
+        self.categorical = [s for s in self.signals if s.type == "categorical"]
+        self.numeric_features = [s.name for s in self.numeric if s.signal == "feature"]
+        self.categorical_features = [s.name for s in self.categorical if s.signal == "feature"]
+        self.features = [f.name for f in spec.features]
+        self.width = bins + 1
+
+    def columns(self, group: list[Prediction]) -> tuple[FloatArray, Any]:
+        """Numeric values (events x numeric signals, NaN = missing) and categorical values
+        (events x categorical signals, object; None = missing). One pass per event, in C."""
+        n = len(group)
+        values = np.empty((n, len(self.numeric)))
+        if self.numeric_features:
+            names = self.numeric_features
+            values[:, : len(names)] = np.array(
+                [tuple(map(p.features.get, names)) for p in group], dtype=np.float64
+            ).reshape(n, len(names))
+        cats = np.empty((n, len(self.categorical)), dtype=object)
+        if self.categorical_features:
+            names = self.categorical_features
+            cats[:, : len(names)] = np.array(
+                [tuple(map(p.features.get, names)) for p in group], dtype=object
+            ).reshape(n, len(names))
+        prediction = [p.prediction for p in group]
+        if self.spec.task == "multiclass":
+            cats[:, -1] = prediction
+        else:
+            values[:, -1] = prediction
+        return values, cats
 
 
 @dataclass
-class Reference:
-    """A model version's reference: warm-up rows until full, then bin edges and counts."""
+class Coded:
+    """A batch's values, binned and coded once against a version's reference."""
 
-    features: tuple[str, ...]
-    warmup_events: int
-    bins: int
-    _rows: list[FloatArray] = field(default_factory=list)
-    filled: int = 0
-    edges: list[FloatArray] | None = None
-    counts: IntArray | None = None
+    values: FloatArray
+    z: FloatArray
+    bins: IntArray  # (events, numeric) bin index, offset per signal for one bincount
+    out_of_range: Any  # (events, numeric) bool
+    categories: IntArray  # (events, categorical) code, offset per signal
+    timestamps: FloatArray
+
+
+class VersionState:
+    """A model version's reference, worker-wide; warm-up until it has one."""
+
+    def __init__(
+        self, layout: Layout, key: VersionKey, warmup: int, bins: int, profile: Profile | None
+    ) -> None:
+        self.layout = layout
+        self.key = key
+        self.warmup_events = warmup
+        self.bins = bins
+        self.profile = profile
+        self._rows: list[tuple[FloatArray, Any]] = []
+        self.filled = 0 if profile is None else warmup
 
     @property
-    def ready(self) -> bool:
-        return self.edges is not None
+    def warmup_ratio(self) -> float:
+        return 1.0 if self.profile is not None else self.filled / self.warmup_events
 
-    @property
-    def width(self) -> int:
-        return self.bins + 1  # up to `bins` value bins, plus one for missing values
-
-    def absorb(self, values: FloatArray) -> FloatArray:
-        """Take what the warm-up still needs from a batch; return the rest."""
+    def absorb(self, values: FloatArray, cats: Any) -> int:
+        """Feed the warm-up; returns how many leading rows it took."""
         take = min(self.warmup_events - self.filled, len(values))
-        self._rows.append(values[:take])
+        self._rows.append((values[:take], cats[:take]))
         self.filled += take
         if self.filled >= self.warmup_events:
-            sample = np.concatenate(self._rows)
+            numeric = np.concatenate([r[0] for r in self._rows])
+            categorical = np.concatenate([r[1] for r in self._rows])
+            columns = {s.key: numeric[:, i] for i, s in enumerate(self.layout.numeric)}
+            columns |= {s.key: categorical[:, i] for i, s in enumerate(self.layout.categorical)}
+            self.profile = build_profile(
+                Lineage(*self.key, rows=self.filled), self.layout.signals, columns, self.bins
+            )
             self._rows = []
-            self.edges = quantile_edges(sample, self.bins)
-            self.counts = bin_counts(sample, self.edges, self.width)
-        return values[take:]
+        return take
+
+    def code(
+        self, values: FloatArray, cats: Any, timestamps: FloatArray, offsets: IntArray
+    ) -> Coded:
+        assert self.profile is not None
+        n = len(values)
+        u = uniforms(offsets)
+        width = self.layout.width
+        z = np.full(values.shape, np.nan)
+        bins = np.empty(values.shape, dtype=np.int64)
+        oor = np.zeros(values.shape, dtype=bool)
+        for j, s in enumerate(self.layout.numeric):  # a loop over signals, not events
+            ref = self.profile.numeric.get(s.key)
+            column = values[:, j]
+            if ref is None:
+                bins[:, j] = width - 1 + j * width
+                continue
+            bins[:, j] = bin_index(column, ref.edges, width) + j * width
+            z[:, j] = ref.normal_scores(column, u)
+            oor[:, j] = (column < ref.minimum) | (column > ref.maximum)
+        codes = np.empty((n, len(self.layout.categorical)), dtype=np.int64)
+        offset = 0
+        for j, s in enumerate(self.layout.categorical):
+            cref = self.profile.categorical[s.key]
+            codes[:, j] = cref.codes(cats[:, j]) + offset
+            offset += cref.width
+        return Coded(values, z, bins, oor, codes, timestamps)
+
+    @property
+    def category_width(self) -> int:
+        assert self.profile is not None
+        return sum(self.profile.categorical[s.key].width for s in self.layout.categorical)
+
+    def empty_table(self) -> Table:
+        return Table.zeros(
+            len(self.layout.numeric),
+            self.layout.width,
+            self.category_width,
+            len(self.layout.features),
+        )
+
+    def table(self, coded: Coded, rows: Any = slice(None)) -> Table:
+        numeric = len(self.layout.numeric)
+        values = coded.values[rows]
+        present = ~np.isnan(values)
+        width = self.layout.width
+        return Table(
+            events=len(values),
+            bins=np.bincount(coded.bins[rows].ravel(), minlength=numeric * width).reshape(
+                numeric, width
+            ),
+            sums=np.where(present, values, 0.0).sum(axis=0),
+            present=present.sum(axis=0),
+            out_of_range=coded.out_of_range[rows].sum(axis=0),
+            categories=np.bincount(coded.categories[rows].ravel(), minlength=self.category_width),
+            type_errors=np.zeros(len(self.layout.features), np.int64),
+        )
 
 
-@dataclass(frozen=True)
-class FeatureScore:
-    model: str
-    model_version: str
-    feature: str
-    psi: float
+@dataclass
+class Detectors:
+    """A (partition, model version)'s sequential detectors."""
+
+    cusum: CusumBank | None
+    cusum_columns: list[int]
+    river: list[tuple[RiverBank, list[int]]]
+    chi2: Chi2Bank | None
 
 
-@dataclass(frozen=True)
-class MonitorSnapshot:
-    """What the exporter reads: a copy, taken under the monitor's lock."""
-
-    window_events: int
-    psi_threshold: float
-    scores: list[FeatureScore]
-    warmup_ratio: dict[VersionKey, float]
-    alarms: dict[tuple[str, str, str], int]
-    last_alarm_seconds: dict[tuple[str, str, str], float]
+@dataclass
+class PartitionState:
+    windows: list[CountWindow | TimeWindow]
+    detectors: Detectors
 
 
 class Monitor:
-    """Drift monitoring for every configured model, fed one micro-batch at a time."""
+    """Drift and data quality for every configured model, one micro-batch at a time."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.drift: DriftSettings = settings.drift
-        self.models: dict[str, ModelSpec] = {m.name: m for m in settings.models}
-        self.references: dict[VersionKey, Reference] = {}
-        self.windows: dict[int, dict[VersionKey, CountWindow]] = {}
-        self._scores: dict[VersionKey, FloatArray] = {}
-        self._above: dict[VersionKey, np.ndarray] = {}
-        self.alarms: dict[tuple[str, str, str], int] = defaultdict(int)
-        self.last_alarm_seconds: dict[tuple[str, str, str], float] = {}
-        self.alarm_log: deque[Alarm] = deque(maxlen=1000)  # the latest alarms, for logs
+    def __init__(
+        self, settings: Settings, profiles: dict[VersionKey, Profile] | None = None
+    ) -> None:
+        self.drift = settings.drift
+        self.specs = {m.name: m for m in settings.models}
+        self.layouts = {m.name: Layout(m, self.drift.bins) for m in settings.models}
+        self.profiles = profiles or {}
+        self.versions: dict[VersionKey, VersionState] = {}
+        self.partitions: dict[int, dict[VersionKey, PartitionState]] = {}
+        self.alarms: dict[tuple[str, str, str, str, str], int] = defaultdict(int)
+        self.last_alarm: dict[tuple[str, str, str, str, str], float] = {}
+        self.alarm_log: deque[Alarm] = deque(maxlen=10_000)  # the latest, for logs and demo
         self._lock = threading.Lock()
 
     # -- partition ownership ------------------------------------------------------------
     def assign(self, partitions: Iterable[int]) -> None:
         with self._lock:
             for p in partitions:
-                self.windows.setdefault(p, {})
+                self.partitions.setdefault(p, {})
 
     def revoke(self, partitions: Iterable[int]) -> None:
         with self._lock:
             for p in partitions:
-                self.windows.pop(p, None)
-            self._rescore(set(self._scores))
+                self.partitions.pop(p, None)
 
     # -- the batch ----------------------------------------------------------------------
-    def apply(self, predictions: list[Prediction]) -> list[Alarm]:
-        """Update with a batch; return the alarms it raised as (model, version, feature, time)."""
+    def apply(
+        self, predictions: list[Prediction], rejections: Iterable[Rejection] = ()
+    ) -> list[Alarm]:
+        """Update with a batch; return the alarms it raised."""
         groups: dict[tuple[str, str, int], list[Prediction]] = defaultdict(list)
         for p in predictions:
             groups[(p.model, p.model_version, p.partition)].append(p)
+        raised: list[Alarm] = []
         with self._lock:
-            touched: set[VersionKey] = set()
-            newest: dict[VersionKey, float] = {}
             for (model, version, partition), group in groups.items():
-                key = (model, version)
-                if self._update(key, partition, group):
-                    touched.add(key)
-                    newest[key] = max(newest.get(key, 0.0), max(p.timestamp for p in group))
-            return self._rescore(touched, newest)
-
-    def _update(self, key: VersionKey, partition: int, group: list[Prediction]) -> bool:
-        spec = self.models[key[0]]
-        names = spec.numeric_features
-        if not names:
-            return False
-        values = np.array([tuple(map(p.features.get, names)) for p in group], dtype=np.float64)
-        reference = self.references.get(key)
-        if reference is None:
-            reference = Reference(tuple(names), spec.reference.warmup_events, self.drift.bins)
-            self.references[key] = reference
-        if not reference.ready:
-            values = reference.absorb(values)
-        if not len(values) or reference.edges is None:
-            return False
-        counts = bin_counts(values, reference.edges, reference.width)
-        windows = self.windows.setdefault(partition, {})
-        window = windows.get(key)
-        if window is None:
-            window = windows[key] = CountWindow(self.drift.window_events, np.zeros_like(counts))
-        window.add(counts, len(values))
-        return True
-
-    def _rescore(
-        self, keys: set[VersionKey], newest: dict[VersionKey, float] | None = None
-    ) -> list[Alarm]:
-        raised = []
-        for key in keys:
-            reference = self.references[key]
-            owned = [w[key] for w in self.windows.values() if key in w]
-            events = sum(w.events for w in owned)
-            if reference.counts is None or events < self.drift.window_events:
-                self._scores.pop(key, None)
-                continue
-            live = np.sum([w.counts for w in owned], axis=0)
-            scores = psi(reference.counts, live)
-            self._scores[key] = scores
-            if newest is None or key not in newest:
-                continue
-            above = scores > self.drift.psi_threshold
-            was = self._above.get(key, np.zeros_like(above))
-            for j in np.flatnonzero(above & ~was):  # edge-triggered: one alarm per crossing
-                feature = (key[0], key[1], reference.features[j])
-                self.alarms[feature] += 1
-                self.last_alarm_seconds[feature] = newest[key]
-                raised.append(Alarm(*feature, newest[key]))
-            self._above[key] = above
-        self.alarm_log.extend(raised)
+                raised += self._apply_group((model, version), partition, group)
+            self._count_type_errors(rejections)
+            for alarm in raised:
+                key = (
+                    alarm.model,
+                    alarm.model_version,
+                    alarm.signal,
+                    alarm.feature,
+                    alarm.detector,
+                )
+                self.alarms[key] += 1
+                self.last_alarm[key] = max(self.last_alarm.get(key, 0.0), alarm.event_time)
+            self.alarm_log.extend(raised)
         return raised
 
-    def snapshot(self) -> MonitorSnapshot:
-        with self._lock:
-            scores = [
-                FeatureScore(model, version, name, float(value))
-                for (model, version), values in self._scores.items()
-                for name, value in zip(
-                    self.references[(model, version)].features, values, strict=True
-                )
-                if np.isfinite(value)  # never export NaN: it would silently never page
-            ]
-            warmup = {k: min(1.0, r.filled / r.warmup_events) for k, r in self.references.items()}
-            return MonitorSnapshot(
-                self.drift.window_events,
-                self.drift.psi_threshold,
-                scores,
-                warmup,
-                dict(self.alarms),
-                dict(self.last_alarm_seconds),
+    def _version(self, key: VersionKey) -> VersionState:
+        state = self.versions.get(key)
+        if state is None:
+            spec = self.specs[key[0]]
+            state = VersionState(
+                self.layouts[key[0]],
+                key,
+                spec.reference.warmup_events,
+                self.drift.bins,
+                self.profiles.get(key),
             )
+            self.versions[key] = state
+        return state
+
+    def _apply_group(self, key: VersionKey, partition: int, group: list[Prediction]) -> list[Alarm]:
+        version = self._version(key)
+        values, cats = version.layout.columns(group)
+        if version.profile is None:
+            taken = version.absorb(values, cats)
+            group, values, cats = group[taken:], values[taken:], cats[taken:]
+            if not group:
+                return []
+        timestamps = np.array([p.timestamp for p in group])
+        offsets = np.array([p.offset for p in group], dtype=np.int64)
+        coded = version.code(values, cats, timestamps, offsets)
+        state = self._partition_state(partition, version)
+        for window in state.windows:
+            if isinstance(window, CountWindow):
+                window.add(version.table(coded))
+                continue
+            buckets = window.bucket_of(timestamps)
+            newest = float(timestamps.max())
+            for bucket in np.unique(buckets):
+                window.add(int(bucket), version.table(coded, buckets == bucket), newest)
+        return self._detect(version, state.detectors, coded, group)
+
+    def _partition_state(self, partition: int, version: VersionState) -> PartitionState:
+        states = self.partitions.setdefault(partition, {})
+        state = states.get(version.key)
+        if state is None:
+            empty = version.empty_table()
+            windows: list[CountWindow | TimeWindow] = [
+                CountWindow(w.events, empty) if w.events else TimeWindow(w.seconds or 0, empty)
+                for w in self.drift.windows
+            ]
+            state = states[version.key] = PartitionState(windows, self._detectors(version))
+        return state
+
+    def _detectors(self, version: VersionState) -> Detectors:
+        assert version.profile is not None
+        layout = version.layout
+        choice = [self.drift.detectors.get(s.name, self.drift.detector) for s in layout.numeric]
+        cusum_columns = [j for j, c in enumerate(choice) if c == "cusum"]
+        budget = Budget(
+            self.drift.false_alarm_budget_events,
+            len(cusum_columns),
+            len(layout.categorical),
+            self.drift.mean_shift_sigmas,
+            self.drift.scale_ratio,
+        )
+        river = []
+        for name in sorted(set(choice) - {"cusum"}):
+            columns = [j for j, c in enumerate(choice) if c == name]
+            river.append((RiverBank(name, len(columns)), columns))
+        chi2 = None
+        if layout.categorical:
+            n = self.drift.categorical_test_events
+            chi2 = Chi2Bank(
+                [version.profile.categorical[s.key].counts for s in layout.categorical],
+                n,
+                budget.chi2_alpha(n),
+            )
+        return Detectors(budget.cusum_bank() if cusum_columns else None, cusum_columns, river, chi2)
+
+    def _detect(
+        self, version: VersionState, detectors: Detectors, coded: Coded, group: list[Prediction]
+    ) -> list[Alarm]:
+        layout = version.layout
+        found: list[tuple[Signal, Crossing]] = []
+        if detectors.cusum is not None:
+            columns = detectors.cusum_columns
+            for c in detectors.cusum.update(coded.z[:, columns]):
+                found.append((layout.numeric[columns[c.column]], c))
+        for bank, columns in detectors.river:
+            for c in bank.update(coded.values[:, columns]):
+                found.append((layout.numeric[columns[c.column]], c))
+        if detectors.chi2 is not None:
+            codes, offset = [], 0
+            assert version.profile is not None
+            for j, s in enumerate(layout.categorical):
+                codes.append(coded.categories[:, j] - offset)
+                offset += version.profile.categorical[s.key].width
+            for c in detectors.chi2.update(codes):
+                found.append((layout.categorical[c.column], c))
+        model, model_version = version.key
+        return [
+            Alarm(
+                model,
+                model_version,
+                s.signal,
+                s.name,
+                c.detector,
+                c.statistic,
+                c.threshold,
+                group[c.row].timestamp,
+                group[c.row].partition,
+                group[c.row].offset,
+            )
+            for s, c in sorted(found, key=lambda f: f[1].row)
+        ]
+
+    def _count_type_errors(self, rejections: Iterable[Rejection]) -> None:
+        for r in rejections:
+            if r.feature is None or r.model is None or r.model_version is None:
+                continue
+            key = (r.model, r.model_version)
+            version = self.versions.get(key)
+            state = self.partitions.get(r.partition, {}).get(key)
+            if version is None or state is None:
+                continue  # before the reference exists there is no window to count in
+            table = version.empty_table()
+            table.type_errors[version.layout.features.index(r.feature)] = 1
+            window = state.windows[0]  # the count window: data quality reads it
+            assert isinstance(window, CountWindow)
+            window.add(table)  # no events: it expires with the events around it
+
+    # -- what the exporter reads ----------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            snap = Snapshot(
+                [], [], [], [], [], [], [], [], dict(self.alarms), dict(self.last_alarm)
+            )
+            for key, version in self.versions.items():
+                self._snapshot_version(key, version, snap)
+            return snap
+
+    def _snapshot_version(self, key: VersionKey, version: VersionState, snap: Snapshot) -> None:
+        model, model_version = key
+        snap.warmup.append((model, model_version, version.warmup_ratio))
+        layout = version.layout
+        if version.profile is None:
+            for s in layout.signals:
+                for w in self.drift.windows:
+                    snap.undefined.append(
+                        (model, model_version, s.signal, s.name, w.name, "warming_up")
+                    )
+            return
+        lineage = version.profile.lineage
+        snap.model_info.append(
+            (model, model_version, lineage.source, lineage.run_id, lineage.data_snapshot)
+        )
+        owned = [states[key] for states in self.partitions.values() if key in states]
+        for w_index, spec in enumerate(self.drift.windows):
+            windows = [state.windows[w_index] for state in owned]
+            total = version.empty_table()
+            for window in windows:
+                total = total + window.total
+            fill = max((window.fill for window in windows), default=0.0)
+            snap.windows.append((model, model_version, spec.name, total.events, fill))
+            self._scores(version, spec, total, snap)
+            if w_index == 0:
+                self._quality(version, total, snap)
+        self._detector_values(version, owned, snap)
+
+    def _scores(
+        self, version: VersionState, spec: WindowSpec, total: Table, snap: Snapshot
+    ) -> None:
+        assert version.profile is not None
+        _model, _model_version = version.key
+        layout = version.layout
+        enough = total.events >= self.drift.min_window_events
+        if layout.numeric:
+            refs = [version.profile.numeric.get(s.key) for s in layout.numeric]
+            width = layout.width
+            ref_bins = np.array(
+                [r.counts if r is not None else np.zeros(width, np.int64) for r in refs]
+            )
+            live = total.bins[:, :-1]
+            stats = {
+                "psi": psi(ref_bins[:, :-1], live),
+                "ks": ks_binned(ref_bins[:, :-1], live),
+                "mean_shift": mean_shift(
+                    np.array([r.mean if r else np.nan for r in refs]),
+                    np.array([np.sqrt(r.variance) if r else np.nan for r in refs]),
+                    total.sums,
+                    total.present.astype(np.float64),
+                ),
+            }
+            for j, s in enumerate(layout.numeric):
+                self._emit(
+                    snap,
+                    version,
+                    s,
+                    spec.name,
+                    enough and refs[j] is not None,
+                    total.present[j] > 0,
+                    {n: v[j] for n, v in stats.items()},
+                )
+        offset = 0
+        for s in layout.categorical:
+            cref = version.profile.categorical[s.key]
+            live_c = total.categories[offset : offset + cref.width][:-1]
+            ref_c = cref.counts[:-1]
+            offset += cref.width
+            values = {
+                "psi": float(psi(ref_c, live_c)),
+                "js": float(jensen_shannon(ref_c, live_c)),
+                "chi2_pvalue": float(chi2_pvalue(ref_c[None], live_c[None])[0]),
+            }
+            self._emit(snap, version, s, spec.name, enough, live_c.sum() > 0, values)
+
+    @staticmethod
+    def _emit(
+        snap: Snapshot,
+        version: VersionState,
+        s: Signal,
+        window: str,
+        enough: bool,
+        has_values: bool,
+        values: dict[str, float],
+    ) -> None:
+        model, model_version = version.key
+        if not has_values:
+            reason = "no_values"
+        elif not enough:
+            reason = "too_few_events"
+        else:
+            finite = {k: float(v) for k, v in values.items() if np.isfinite(v)}
+            for statistic, value in finite.items():
+                snap.scores.append(
+                    (model, model_version, s.signal, s.name, statistic, window, value)
+                )
+            return
+        snap.undefined.append((model, model_version, s.signal, s.name, window, reason))
+
+    def _quality(self, version: VersionState, total: Table, snap: Snapshot) -> None:
+        assert version.profile is not None
+        model, model_version = version.key
+        layout = version.layout
+        events = total.events
+        if events == 0:
+            return
+        rejected = int(total.type_errors.sum())
+        for j, s in enumerate(layout.numeric):
+            if s.signal != "feature":
+                continue
+            snap.quality.append(
+                (model, model_version, s.name, "missing", float(total.bins[j, -1] / events))
+            )
+            snap.quality.append(
+                (
+                    model,
+                    model_version,
+                    s.name,
+                    "out_of_range",
+                    float(total.out_of_range[j] / events),
+                )
+            )
+        offset = 0
+        for s in layout.categorical:
+            width = version.profile.categorical[s.key].width
+            counts = total.categories[offset : offset + width]
+            offset += width
+            if s.signal != "feature":
+                continue
+            snap.quality.append(
+                (model, model_version, s.name, "missing", float(counts[-1] / events))
+            )
+            snap.quality.append(
+                (model, model_version, s.name, "unseen_category", float(counts[-2] / events))
+            )
+        for i, name in enumerate(layout.features):
+            snap.quality.append(
+                (
+                    model,
+                    model_version,
+                    name,
+                    "type_error",
+                    float(total.type_errors[i] / (events + rejected)),
+                )
+            )
+
+    def _detector_values(
+        self, version: VersionState, owned: list[PartitionState], snap: Snapshot
+    ) -> None:
+        model, model_version = version.key
+        layout = version.layout
+        banks = [state.detectors for state in owned]
+        budget_bank = next((d.cusum for d in banks if d.cusum is not None), None)
+        if budget_bank is not None:
+            snap.thresholds.extend(
+                [
+                    (model, model_version, "cusum_mean", budget_bank.h_mean),
+                    (model, model_version, "cusum_scale_up", budget_bank.h_scale_up),
+                    (model, model_version, "cusum_scale_down", budget_bank.h_scale_down),
+                ]
+            )
+            values = np.max([d.cusum.values() for d in banks if d.cusum is not None], axis=0)
+            columns = banks[0].cusum_columns
+            for c, value in zip(columns, values, strict=True):
+                s = layout.numeric[c]
+                snap.detector_ratio.append(
+                    (model, model_version, s.signal, s.name, "cusum", float(value))
+                )
+        chi2 = next((d.chi2 for d in banks if d.chi2 is not None), None)
+        if chi2 is not None:
+            snap.thresholds.append((model, model_version, "chi2", chi2.alpha))

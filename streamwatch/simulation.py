@@ -41,7 +41,10 @@ DEMO_CONFIG: dict[str, object] = {
             "reference": {"warmup_events": 5000},
         }
     ],
-    "drift": {"window_events": 2000, "bins": 10, "psi_threshold": 0.2},
+    "drift": {
+        "false_alarm_budget_events": 1_000_000,
+        "windows": [{"events": 2000}, {"seconds": 3600}, {"seconds": 86400}],
+    },
     "worker": {"batch_size": 2000},
 }
 

@@ -22,6 +22,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from confluent_kafka import KafkaException, TopicPartition
 
@@ -30,10 +31,18 @@ from streamwatch.deadletter import DeadLetters
 from streamwatch.decode import Decoder, Label, Prediction, RawMessage, Rejection
 from streamwatch.errors import ConfigError, ConfigProblem, KafkaSetupError
 from streamwatch.exporter import Health, Telemetry
-from streamwatch.monitor import Monitor
+from streamwatch.monitor import Alarm, Monitor
 from streamwatch.source import Source
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one batch produced besides its counts."""
+
+    rejected: list[Rejection]
+    alarms: list[Alarm]
 
 
 class Pipeline:
@@ -45,11 +54,10 @@ class Pipeline:
         self.monitor = monitor
         self.telemetry = telemetry
         self.processed = 0
+        self._announced: set[tuple[str, str, str, str, str]] = set()
 
-    def process(
-        self, messages: Sequence[RawMessage], dead_letters: DeadLetters | None
-    ) -> list[Rejection]:
-        """Decode and apply one batch; return its rejections (already sent, if a producer)."""
+    def process(self, messages: Sequence[RawMessage], dead_letters: DeadLetters | None) -> Outcome:
+        """Decode and apply one batch; rejections are sent (given a producer) and counted."""
         predictions: list[Prediction] = []
         labels: list[Label] = []
         rejected: list[Rejection] = []
@@ -75,16 +83,26 @@ class Pipeline:
             if dead_letters is not None:
                 dead_letters.send(r)
             self.telemetry.invalid.labels(r.topic, r.reason).inc()
-        for alarm in self.monitor.apply(predictions):
-            log.warning(
-                "drift alarm: model=%s version=%s feature=%s",
+        alarms = self.monitor.apply(predictions, rejected)
+        for alarm in alarms:
+            # A drift that persists keeps firing (detectors restart after each alarm): the
+            # first of each detector is a warning, the rest are in the counters.
+            key = (alarm.model, alarm.model_version, alarm.signal, alarm.feature, alarm.detector)
+            level = logging.DEBUG if key in self._announced else logging.WARNING
+            self._announced.add(key)
+            log.log(
+                level,
+                "drift alarm: model=%s version=%s %s=%s detector=%s at offset %d",
                 alarm.model,
                 alarm.model_version,
+                alarm.signal,
                 alarm.feature,
+                alarm.detector,
+                alarm.offset,
             )
         self._count(predictions_topic, predictions, labels)
         self.processed += len(messages)
-        return rejected
+        return Outcome(rejected, alarms)
 
     def _count(
         self, predictions_topic: str, predictions: list[Prediction], labels: list[Label]

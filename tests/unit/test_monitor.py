@@ -1,44 +1,56 @@
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from streamwatch.config import parse_settings
-from streamwatch.decode import Prediction
+from streamwatch.decode import Prediction, Rejection
 from streamwatch.monitor import Monitor
 
-SETTINGS = parse_settings(
-    {
-        "models": [
-            {
-                "name": "m",
-                "task": "binary",
-                "reference": {"warmup_events": 400},
-                "features": [
-                    {"name": "a", "type": "numeric"},
-                    {"name": "b", "type": "numeric"},
-                    {"name": "c", "type": "categorical"},
-                ],
-            }
-        ],
-        "drift": {"window_events": 300, "bins": 8, "psi_threshold": 0.2},
-    }
-)
+CONFIG: dict[str, Any] = {
+    "models": [
+        {
+            "name": "m",
+            "task": "binary",
+            "reference": {"warmup_events": 1000},
+            "features": [
+                {"name": "a", "type": "numeric"},
+                {"name": "b", "type": "numeric"},
+                {"name": "c", "type": "categorical"},
+            ],
+        }
+    ],
+    "drift": {
+        "windows": [{"events": 500}, {"seconds": 600}],
+        "min_window_events": 100,
+        "categorical_test_events": 500,
+    },
+}
+SETTINGS = parse_settings(CONFIG)
 
 
 def batch(
-    start: int, n: int, partition: int = 0, shift: float = 0.0, version: str = "v1", seed: int = 0
+    start: int,
+    n: int,
+    partition: int = 0,
+    shift: float = 0.0,
+    version: str = "v1",
+    c_probs: tuple[float, float] = (0.7, 0.3),
 ) -> list[Prediction]:
-    rng = np.random.default_rng(seed + start)
+    rng = np.random.default_rng(start + 1000 * partition)
     a = rng.normal(shift, 1.0, n)
     b = rng.normal(0.0, 1.0, n)
+    c = rng.choice(["x", "y"], n, p=list(c_probs))
+    score = rng.uniform(0, 1, n)
     return [
         Prediction(
             f"p{start + i}",
             "m",
             version,
             float(start + i),
-            {"a": float(a[i]), "b": float(b[i]), "c": "x"},
-            0.5,
+            {"a": float(a[i]), "b": float(b[i]), "c": str(c[i])},
+            float(score[i]),
             None,
             None,
             {},
@@ -49,59 +61,119 @@ def batch(
     ]
 
 
-def test_no_score_while_warming_up_then_scores_without_alarm_when_stationary() -> None:
+def scores(monitor: Monitor, statistic: str, window: str = "events_500") -> dict[str, float]:
+    return {
+        f: v
+        for (_, _, _, f, s, w, v) in monitor.snapshot().scores
+        if s == statistic and w == window
+    }
+
+
+def test_warming_up_is_said_not_silently_missing() -> None:
     monitor = Monitor(SETTINGS)
-    monitor.apply(batch(0, 300))
+    monitor.apply(batch(0, 750))
     snap = monitor.snapshot()
     assert snap.scores == []
-    assert snap.warmup_ratio[("m", "v1")] == 0.75
-    for start in range(300, 2000, 100):
-        assert monitor.apply(batch(start, 100)) == []
-    snap = monitor.snapshot()
-    assert snap.warmup_ratio[("m", "v1")] == 1.0
-    assert {s.feature for s in snap.scores} == {"a", "b"}
-    assert all(0 <= s.psi < 0.2 for s in snap.scores)
+    assert snap.warmup == [("m", "v1", 0.75)]
+    reasons = {(s, f, w): r for (_, _, s, f, w, r) in snap.undefined}
+    assert reasons[("feature", "a", "events_500")] == "warming_up"
+    assert reasons[("prediction", "prediction", "10m")] == "warming_up"
+    assert snap.model_info == []
 
 
-def test_a_shift_in_one_feature_alarms_that_feature_once() -> None:
+def test_stationary_stream_scores_everything_and_raises_nothing() -> None:
     monitor = Monitor(SETTINGS)
-    for start in range(0, 1000, 100):
-        monitor.apply(batch(start, 100))
+    alarms = []
+    for start in range(0, 20_000, 500):
+        alarms += monitor.apply(batch(start, 500))
+    assert alarms == []
+    snap = monitor.snapshot()
+    assert snap.model_info == [("m", "v1", "warmup", "", "")]
+    assert set(scores(monitor, "psi")) == {"a", "b", "c", "prediction"}
+    assert set(scores(monitor, "ks")) == {"a", "b", "prediction"}
+    assert set(scores(monitor, "chi2_pvalue")) == {"c"}
+    assert all(v < 0.1 for v in scores(monitor, "psi").values())
+    assert {(w, n) for (_, _, w, n, _) in snap.windows} == {("events_500", 500), ("10m", 600)}
+    quality = {(f, c): r for (_, _, f, c, r) in snap.quality}
+    assert quality[("a", "missing")] == 0.0
+    assert quality[("c", "unseen_category")] == 0.0
+    assert {d for (_, _, d, _) in snap.thresholds} == {
+        "cusum_mean",
+        "cusum_scale_up",
+        "cusum_scale_down",
+        "chi2",
+    }
+    assert all(0 <= r < 1 for (*_, r) in snap.detector_ratio)
+
+
+def test_a_mean_shift_in_one_feature_alarms_that_feature_within_a_few_hundred_events() -> None:
+    monitor = Monitor(SETTINGS)
+    for start in range(0, 5000, 500):
+        assert monitor.apply(batch(start, 500)) == []
     raised = []
-    for start in range(1000, 3000, 100):
-        raised += monitor.apply(batch(start, 100, shift=1.0))
-    assert [(a.feature, a.model_version) for a in raised] == [("a", "v1")]
-    assert 1000 <= raised[0].event_time < 1400  # within about one window of the shift
-    assert monitor.snapshot().alarms == {("m", "v1", "a"): 1}
+    for start in range(5000, 8000, 500):
+        raised += monitor.apply(batch(start, 500, shift=0.5))
+    features = {(a.feature, a.detector) for a in raised}
+    assert features == {("a", "cusum_mean")}
+    first = min(a.offset for a in raised)
+    assert 5000 <= first < 5500
+    assert monitor.snapshot().alarms[("m", "v1", "feature", "a", "cusum_mean")] == len(raised)
+    assert scores(monitor, "mean_shift")["a"] > 0.3
+
+
+def test_a_category_frequency_change_raises_a_chi2_alarm() -> None:
+    monitor = Monitor(SETTINGS)
+    for start in range(0, 5000, 500):
+        monitor.apply(batch(start, 500))
+    raised = monitor.apply(batch(5000, 1000, c_probs=(0.4, 0.6)))
+    assert {(a.feature, a.detector) for a in raised} == {("c", "chi2")}
 
 
 def test_versions_have_their_own_reference() -> None:
     monitor = Monitor(SETTINGS)
-    monitor.apply(batch(0, 500, version="v1"))
+    monitor.apply(batch(0, 1200, version="v1"))
     monitor.apply(batch(0, 100, version="v2", shift=3.0))
-    ratios = monitor.snapshot().warmup_ratio
-    assert ratios == {("m", "v1"): 1.0, ("m", "v2"): 0.25}
+    assert sorted(monitor.snapshot().warmup) == [("m", "v1", 1.0), ("m", "v2", 0.1)]
 
 
-def test_revoking_a_partition_drops_its_window() -> None:
+def test_revoking_a_partition_drops_its_windows() -> None:
     monitor = Monitor(SETTINGS)
     monitor.assign([0, 1])
-    monitor.apply(batch(0, 400, partition=0))
-    monitor.apply(batch(400, 300, partition=0) + batch(700, 300, partition=1))
-    assert {s.feature for s in monitor.snapshot().scores} == {"a", "b"}
+    monitor.apply(batch(0, 1000, partition=0))
+    monitor.apply(batch(1000, 300, partition=0) + batch(1300, 300, partition=1))
+    assert {(w, n) for (_, _, w, n, _) in monitor.snapshot().windows if w == "events_500"} == {
+        ("events_500", 600)
+    }
     monitor.revoke([0])
-    assert set(monitor.windows) == {1}
-    # partition 1 alone still fills the window
-    assert {s.feature for s in monitor.snapshot().scores} == {"a", "b"}
+    assert set(monitor.partitions) == {1}
+    assert {n for (_, _, w, n, _) in monitor.snapshot().windows if w == "events_500"} == {300}
     monitor.revoke([1])
-    assert monitor.snapshot().scores == []
+    undefined = {r for (*_, r) in monitor.snapshot().undefined}
+    assert undefined == {"no_values"}
 
 
-def test_all_missing_feature_gives_no_score_rather_than_nan() -> None:
+def test_a_feature_that_went_missing_has_no_score_and_a_missing_ratio() -> None:
     monitor = Monitor(SETTINGS)
-    events = batch(0, 1000)
-    for p in events[400:]:  # every event after the warm-up
+    monitor.apply(batch(0, 1000))
+    events = batch(1000, 1000)
+    for p in events:
         p.features["b"] = None
     monitor.apply(events)
-    features = {s.feature for s in monitor.snapshot().scores}
-    assert features == {"a"}
+    snap = monitor.snapshot()
+    assert "b" not in scores(monitor, "psi")
+    assert ("m", "v1", "feature", "b", "events_500", "no_values") in snap.undefined
+    assert ("m", "v1", "b", "missing", 1.0) in snap.quality
+
+
+def test_type_errors_count_in_the_quality_ratio() -> None:
+    monitor = Monitor(SETTINGS)
+    monitor.apply(batch(0, 1400))
+    bad = [
+        Rejection("predictions", 0, 9999, "wrong_type", "", None, None, None, "m", "v1", "a")
+        for _ in range(4)
+    ]
+    monitor.apply(batch(1400, 100), bad)
+    quality = {(f, c): r for (_, _, f, c, r) in monitor.snapshot().quality}
+    events = 500  # the count window: whole batches reaching 500 events
+    assert quality[("a", "type_error")] == 4 / (events + 4)
+    assert quality[("b", "type_error")] == 0.0

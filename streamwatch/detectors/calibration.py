@@ -1,0 +1,74 @@
+"""Thresholds for CUSUM charts from a false-alarm budget (Brook and Evans' Markov chain).
+
+A one-sided CUSUM ``S_t = max(0, S_{t-1} + Y_t)`` raises an alarm when ``S_t > h``. Its
+in-control average run length (ARL: events between false alarms) follows from the
+distribution of the increment ``Y`` by discretising ``[0, h]`` into a Markov chain
+(Brook & Evans, Biometrika 1972); :func:`threshold` inverts it by bisection.
+
+The increments come from normal scores (see :mod:`streamwatch.reference`), which are
+N(0, 1) on a stationary stream whatever the feature's own distribution:
+
+* mean charts: ``Y = ±z - k``;
+* scale charts: ``Y = ±(|z| - m) / s - k`` with ``m = sqrt(2/pi)``, ``s = sqrt(1 - 2/pi)``,
+  the mean and standard deviation of ``|z|``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from functools import cache
+
+import numpy as np
+from scipy import stats
+
+from streamwatch.statistics import FloatArray
+
+HALF_NORMAL_MEAN = math.sqrt(2.0 / math.pi)
+HALF_NORMAL_STD = math.sqrt(1.0 - 2.0 / math.pi)
+STATES = 400  # Markov-chain states; the ARL is accurate to well under 1% at this size
+
+Cdf = Callable[[FloatArray], FloatArray]
+
+
+def increment_cdf(chart: str, k: float) -> Cdf:
+    """CDF of a chart's increment on a stationary stream."""
+    m, s = HALF_NORMAL_MEAN, HALF_NORMAL_STD
+    if chart == "mean":  # +z and -z are alike
+        return lambda y: np.asarray(stats.norm.cdf(y + k), dtype=np.float64)
+    if chart == "scale_up":
+        return lambda y: np.clip(2.0 * stats.norm.cdf(m + s * (y + k)) - 1.0, 0.0, 1.0)
+    if chart == "scale_down":
+        return lambda y: 1.0 - np.clip(2.0 * stats.norm.cdf(m - s * (y + k)) - 1.0, 0.0, 1.0)
+    raise ValueError(f"unknown chart {chart!r}")
+
+
+def average_run_length(cdf: Cdf, h: float, states: int = STATES) -> float:
+    """In-control ARL of a one-sided CUSUM with threshold ``h``, starting from 0."""
+    w = 2.0 * h / (2 * states - 1)
+    centres = np.arange(states) * w
+    upper = (np.arange(states) + 0.5) * w
+    # P(i -> j) = F(upper_j - c_i) - F(upper_{j-1} - c_i); j = 0 takes everything below w/2.
+    f = cdf(upper[None, :] - centres[:, None])
+    transition = np.diff(np.concatenate([np.zeros((states, 1)), f], axis=1), axis=1)
+    transition[:, 0] = f[:, 0]
+    run_lengths = np.linalg.solve(np.eye(states) - transition, np.ones(states))
+    return float(run_lengths[0])
+
+
+@cache
+def threshold(chart: str, k: float, target_arl: float) -> float:
+    """The smallest ``h`` whose in-control ARL reaches ``target_arl`` (to 0.1%)."""
+    cdf = increment_cdf(chart, k)
+    lo, hi = 0.0, 1.0
+    while average_run_length(cdf, hi) < target_arl:
+        lo, hi = hi, hi * 2.0
+        if hi > 1e4:
+            raise ValueError(f"no threshold reaches an ARL of {target_arl:g}")
+    while hi - lo > 1e-3 * hi:
+        mid = (lo + hi) / 2.0
+        if average_run_length(cdf, mid) < target_arl:
+            lo = mid
+        else:
+            hi = mid
+    return hi

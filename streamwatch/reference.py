@@ -1,0 +1,278 @@
+"""Reference profiles: what "normal" looks like for one model version, with its lineage.
+
+A profile is built from a sample: a model version's first ``warmup_events`` events, or
+training/validation data through ``streamwatch baseline``. It is saved as versioned JSON::
+
+    {"format": "streamwatch.reference", "format_version": 1,
+     "lineage": {"model", "model_version", "run_id", "data_snapshot", "code_revision",
+                 "created_at", "rows", "source"},
+     "signals": {"feature:amount": {...numeric...}, "prediction:prediction": {...}, ...}}
+
+Per numeric signal: quantile bin edges and counts, mean, variance, min, max, missing rate,
+and a quantile grid for the normal-scores transform (:func:`NumericReference.normal_scores`)
+that the sequential detectors use. Per categorical signal: the most frequent categories
+with their counts, an overflow count and the missing rate.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from scipy import special
+
+from streamwatch.statistics import FloatArray, IntArray
+
+FORMAT = "streamwatch.reference"
+FORMAT_VERSION = 1
+GRID_SIZE = 1000  # quantiles kept for the normal-scores transform
+MAX_CATEGORIES = 100  # categories kept per categorical signal; the rest count as "other"
+
+SignalKind = Literal["feature", "prediction"]
+
+
+@dataclass(frozen=True)
+class Signal:
+    """One monitored series of a model: a feature, or the model's prediction."""
+
+    signal: SignalKind
+    name: str
+    type: Literal["numeric", "categorical"]
+
+    @property
+    def key(self) -> str:
+        return f"{self.signal}:{self.name}"
+
+
+@dataclass(frozen=True)
+class Lineage:
+    model: str
+    model_version: str
+    run_id: str = ""
+    data_snapshot: str = ""
+    code_revision: str = ""
+    created_at: str = ""
+    rows: int = 0
+    source: str = "warmup"  # "warmup", or the file the profile was built from
+
+
+def bin_index(values: FloatArray, edges: FloatArray, width: int) -> IntArray:
+    """Bin of each value on ``edges`` (right-open bins); missing (NaN) goes to ``width - 1``."""
+    index = np.searchsorted(edges, values, side="right").astype(np.int64)
+    index[np.isnan(values)] = width - 1
+    return index
+
+
+def uniforms(keys: IntArray) -> FloatArray:
+    """A deterministic uniform number in [0, 1) per key (splitmix64 of the key).
+
+    The randomised probability integral transform needs one per event; keying it by the
+    event's offset makes a replay of the same offsets give the same scores.
+    """
+    with np.errstate(over="ignore"):
+        z = keys.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return np.asarray((z >> np.uint64(11)).astype(np.float64) / 2.0**53, dtype=np.float64)
+
+
+@dataclass
+class NumericReference:
+    edges: FloatArray
+    counts: IntArray  # per bin, then missing: length bins + 1
+    grid: FloatArray  # reference quantiles at probabilities (i + 0.5) / len(grid)
+    mean: float
+    variance: float
+    minimum: float
+    maximum: float
+    missing_rate: float
+    count: int
+
+    @classmethod
+    def from_sample(cls, values: FloatArray, bins: int) -> NumericReference | None:
+        finite = values[~np.isnan(values)]
+        if finite.size < 2:
+            return None
+        edges = np.unique(np.quantile(finite, np.linspace(0.0, 1.0, bins + 1)[1:-1]))
+        width = bins + 1
+        counts = np.bincount(bin_index(values, edges, width), minlength=width)
+        size = min(GRID_SIZE, finite.size)
+        # inverted_cdf keeps observed values, so a discrete feature's ties stay ties
+        grid = np.quantile(finite, (np.arange(size) + 0.5) / size, method="inverted_cdf")
+        return cls(
+            edges,
+            counts,
+            np.asarray(grid, dtype=np.float64),
+            float(finite.mean()),
+            float(finite.var()),
+            float(finite.min()),
+            float(finite.max()),
+            float(np.isnan(values).mean()),
+            int(values.size),
+        )
+
+    def normal_scores(self, values: FloatArray, u: FloatArray) -> FloatArray:
+        """Values mapped to N(0, 1) under the reference; NaN stays NaN.
+
+        The randomised probability integral transform: a value's position in the reference
+        CDF, drawn uniformly (with ``u``) across the CDF's jump where the value is tied (a
+        discrete feature, a point mass at zero), interpolated between quantiles elsewhere.
+        Whatever the feature's distribution, a stationary stream gives standard normal
+        scores, so one calibration serves every feature.
+        """
+        n = len(self.grid)
+        left = np.searchsorted(self.grid, values, side="left")
+        right = np.searchsorted(self.grid, values, side="right")
+        inside = np.interp(values, self.grid, (np.arange(n) + 0.5) / n)
+        tied = (left + u * (right - left)) / n
+        below, above = u * 0.5 / n, 1.0 - u * 0.5 / n
+        p = np.where(
+            right > left, tied, np.where(left == 0, below, np.where(left == n, above, inside))
+        )
+        p = np.clip(p, 1e-12, 1.0 - 1e-12)
+        z = np.asarray(special.ndtri(p), dtype=np.float64)
+        z[np.isnan(values)] = np.nan
+        return z
+
+
+@dataclass
+class CategoricalReference:
+    categories: list[str]
+    counts: IntArray  # per category, then "other", then missing
+    missing_rate: float
+    count: int
+    index: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.index = {c: i for i, c in enumerate(self.categories)}
+
+    @property
+    def width(self) -> int:
+        return len(self.categories) + 2
+
+    @classmethod
+    def from_sample(cls, values: npt_object) -> CategoricalReference:
+        missing = np.array([v is None for v in values], dtype=bool)
+        present = values[~missing].astype(str)
+        uniques, counts = np.unique(present, return_counts=True)
+        order = np.argsort(-counts, kind="stable")[:MAX_CATEGORIES]
+        categories = [str(uniques[i]) for i in order]
+        kept = counts[order]
+        other = int(counts.sum() - kept.sum())
+        table = np.concatenate([kept, [other, int(missing.sum())]]).astype(np.int64)
+        return cls(categories, table, float(missing.mean()) if len(values) else 0.0, len(values))
+
+    def codes(self, values: npt_object) -> IntArray:
+        """Column of each value: its category, ``other``, or ``missing`` (the last)."""
+        missing = values == None  # noqa: E711 - elementwise on an object array
+        as_text = values.astype(str)
+        uniques, inverse = np.unique(as_text, return_inverse=True)
+        other = len(self.categories)
+        lookup = np.array([self.index.get(str(u), other) for u in uniques], dtype=np.int64)
+        codes = lookup[inverse.reshape(-1)] if len(uniques) else np.zeros(0, dtype=np.int64)
+        codes[missing] = other + 1
+        return codes
+
+
+npt_object = Any  # a 1-d numpy array of dtype object (numpy's typing cannot say more)
+
+
+@dataclass
+class Profile:
+    lineage: Lineage
+    signals: list[Signal]
+    numeric: dict[str, NumericReference]
+    categorical: dict[str, CategoricalReference]
+    bins: int
+
+    @property
+    def reference_name(self) -> str:
+        return self.lineage.source
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {}
+        for s in self.signals:
+            if s.key in self.numeric:
+                n = self.numeric[s.key]
+                body[s.key] = {
+                    "kind": "numeric",
+                    **{
+                        k: (v.tolist() if isinstance(v, np.ndarray) else v)
+                        for k, v in asdict(n).items()
+                    },
+                }
+            elif s.key in self.categorical:
+                c = self.categorical[s.key]
+                body[s.key] = {
+                    "kind": "categorical",
+                    "categories": c.categories,
+                    "counts": c.counts.tolist(),
+                    "missing_rate": c.missing_rate,
+                    "count": c.count,
+                }
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "bins": self.bins,
+            "lineage": asdict(self.lineage),
+            "signals": body,
+        }
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_json(), indent=1))
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], signals: list[Signal]) -> Profile:
+        if data.get("format") != FORMAT or data.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"not a {FORMAT} v{FORMAT_VERSION} file")
+        lineage = Lineage(**data["lineage"])
+        numeric, categorical = {}, {}
+        for s in signals:
+            body = data["signals"].get(s.key)
+            if body is None:
+                continue
+            if body["kind"] != s.type:
+                raise ValueError(
+                    f"{s.key} is {body['kind']} in the profile, {s.type} in the config"
+                )
+            fields = {k: v for k, v in body.items() if k != "kind"}
+            if s.type == "numeric":
+                for k in ("edges", "grid"):
+                    fields[k] = np.asarray(fields[k], dtype=np.float64)
+                fields["counts"] = np.asarray(fields["counts"], dtype=np.int64)
+                numeric[s.key] = NumericReference(**fields)
+            else:
+                fields["counts"] = np.asarray(fields["counts"], dtype=np.int64)
+                categorical[s.key] = CategoricalReference(**fields)
+        return cls(lineage, signals, numeric, categorical, int(data["bins"]))
+
+    @classmethod
+    def load(cls, path: Path, signals: list[Signal]) -> Profile:
+        return cls.from_json(json.loads(path.read_text()), signals)
+
+
+def build_profile(
+    lineage: Lineage, signals: list[Signal], columns: dict[str, Any], bins: int
+) -> Profile:
+    """A profile from sample columns keyed by :attr:`Signal.key` (float arrays for numeric
+    signals with NaN for missing, object arrays for categorical ones)."""
+    numeric: dict[str, NumericReference] = {}
+    categorical: dict[str, CategoricalReference] = {}
+    for s in signals:
+        column = columns[s.key]
+        if s.type == "numeric":
+            ref = NumericReference.from_sample(np.asarray(column, dtype=np.float64), bins)
+            if ref is not None:
+                numeric[s.key] = ref
+        else:
+            categorical[s.key] = CategoricalReference.from_sample(column)
+    if not lineage.created_at:
+        lineage = Lineage(
+            **{**asdict(lineage), "created_at": datetime.now(UTC).isoformat(timespec="seconds")}
+        )
+    return Profile(lineage, signals, numeric, categorical, bins)

@@ -1,0 +1,107 @@
+"""Windows: additive count tables over the last N events or the last T seconds.
+
+A :class:`Table` is everything the windowed statistics need, as counts and sums that can be
+added and subtracted: numeric bin counts, sums for the mean, out-of-range counts,
+categorical counts and type errors. A micro-batch becomes one table (or one per time bucket);
+a window adds the new table and subtracts the tables that expired, so no event is ever
+looked at twice and no per-event state is kept.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from streamwatch.statistics import FloatArray, IntArray
+
+
+@dataclass
+class Table:
+    events: int
+    bins: IntArray  # (numeric signals, bin width); the last column counts missing values
+    sums: FloatArray  # (numeric signals,) sum of present values
+    present: IntArray  # (numeric signals,) count of present values
+    out_of_range: IntArray  # (numeric signals,) outside the reference's [min, max]
+    categories: IntArray  # every categorical signal's columns, concatenated
+    type_errors: IntArray  # (features,) events rejected for this feature's type
+
+    @classmethod
+    def zeros(cls, numeric: int, width: int, categories: int, features: int) -> Table:
+        return cls(
+            0,
+            np.zeros((numeric, width), np.int64),
+            np.zeros(numeric),
+            np.zeros(numeric, np.int64),
+            np.zeros(numeric, np.int64),
+            np.zeros(categories, np.int64),
+            np.zeros(features, np.int64),
+        )
+
+    def _combine(self, other: Table, sign: int) -> Table:
+        return Table(*(getattr(self, f.name) + sign * getattr(other, f.name) for f in fields(self)))
+
+    def __add__(self, other: Table) -> Table:
+        return self._combine(other, 1)
+
+    def __sub__(self, other: Table) -> Table:
+        return self._combine(other, -1)
+
+
+class CountWindow:
+    """The last ``size`` events, at batch granularity: whole batches, at least ``size``
+    events once filled, at most ``size`` plus the newest batch."""
+
+    def __init__(self, size: int, empty: Table) -> None:
+        self.size = size
+        self.total = empty
+        self._tables: deque[Table] = deque()
+
+    def add(self, table: Table) -> None:
+        self._tables.append(table)
+        self.total = self.total + table
+        while self._tables and self.total.events - self._tables[0].events >= self.size:
+            self.total = self.total - self._tables.popleft()
+
+    @property
+    def fill(self) -> float:
+        return min(1.0, self.total.events / self.size)
+
+
+class TimeWindow:
+    """The last ``seconds`` of event time, in ``buckets`` buckets; the window ends at the
+    newest event time seen (the watermark). Events older than the window are not added."""
+
+    def __init__(self, seconds: float, empty: Table, buckets: int = 60) -> None:
+        self.seconds = seconds
+        self.bucket_seconds = seconds / buckets
+        self.total = empty
+        self.watermark = float("-inf")
+        self.earliest = float("inf")
+        self._buckets: dict[int, Table] = {}
+
+    def bucket_of(self, timestamps: FloatArray) -> IntArray:
+        return np.floor(timestamps / self.bucket_seconds).astype(np.int64)
+
+    def add(self, bucket: int, table: Table, newest: float) -> None:
+        self.watermark = max(self.watermark, newest)
+        oldest = self._oldest_bucket()
+        if bucket >= oldest:
+            self._buckets[bucket] = (
+                self._buckets[bucket] + table if bucket in self._buckets else table
+            )
+            self.total = self.total + table
+            self.earliest = min(self.earliest, bucket * self.bucket_seconds)
+        for expired in [b for b in self._buckets if b < oldest]:
+            self.total = self.total - self._buckets.pop(expired)
+
+    def _oldest_bucket(self) -> int:
+        return int(np.floor((self.watermark - self.seconds) / self.bucket_seconds)) + 1
+
+    @property
+    def fill(self) -> float:
+        """How much of the window's span the stream has covered so far."""
+        if not self._buckets:
+            return 0.0
+        return float(min(1.0, (self.watermark - self.earliest) / self.seconds))
