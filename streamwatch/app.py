@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
+from streamwatch.baseline import load_profiles
 from streamwatch.config import Settings
 from streamwatch.exporter import Health, MonitorCollector, Telemetry
 from streamwatch.monitor import Monitor
@@ -37,7 +38,7 @@ class App:
 def build(settings: Settings, registry: CollectorRegistry | None = None) -> App:
     """The pipeline and its exporter, on a private registry unless one is given."""
     registry = registry or CollectorRegistry()
-    monitor = Monitor(settings)
+    monitor = Monitor(settings, load_profiles(settings))
     telemetry = Telemetry(registry, (settings.topics.predictions, settings.topics.labels))
     registry.register(MonitorCollector(monitor))
     return App(

@@ -17,6 +17,10 @@ from streamwatch.exporter import serve
 EPILOG = """\
 examples:
   streamwatch demo                          simulated stream, no broker needed
+  streamwatch baseline --config c.yaml --data train.csv --model fraud --model-version 7 \\
+      --out fraud-7.profile.json            reference profile from training data
+  streamwatch replay --config c.yaml --predictions day.jsonl --out backtest/
+                                            when would we have been paged?
   streamwatch demo --metrics-port 9308      ... and serve /metrics while it runs
   streamwatch check-config streamwatch.yaml report every problem in a config
   streamwatch run --config streamwatch.yaml consume from Kafka and serve /metrics
@@ -60,6 +64,38 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("config", type=Path, help="YAML config file")
 
+    base = sub.add_parser(
+        "baseline",
+        help="build a model version's reference profile from data",
+        description="Profile training or validation data (JSONL, CSV; Parquet with the "
+        "'parquet' extra) into the reference a model version is judged against, with its "
+        "lineage. List the file under models[].reference.profiles.",
+    )
+    base.add_argument("--config", required=True, type=Path, help="YAML config file")
+    base.add_argument("--data", required=True, type=Path, help="rows: .jsonl, .csv, .parquet")
+    base.add_argument("--model", required=True, help="model name, as in the config")
+    base.add_argument("--model-version", required=True, help="the version this data trained")
+    base.add_argument("--run-id", default="", help="training run id (e.g. from MLflow)")
+    base.add_argument(
+        "--data-snapshot", default="", help="data snapshot id (default: the file's SHA-256)"
+    )
+    base.add_argument("--code-revision", default="", help="code revision of the training")
+    base.add_argument("--out", required=True, type=Path, help="profile file to write")
+
+    replay = sub.add_parser(
+        "replay",
+        help="run the engine over recorded JSONL files (backtest a config)",
+        description="Decode recorded messages (one JSON value per line), sort them by event "
+        "time and run the worker's engine over them; write alarms.json and timeline.csv.",
+    )
+    replay.add_argument("--config", required=True, type=Path, help="YAML config file")
+    replay.add_argument("--predictions", required=True, type=Path, help="predictions JSONL")
+    replay.add_argument("--labels", type=Path, help="labels JSONL (decoded and counted)")
+    replay.add_argument("--out", required=True, type=Path, help="output folder")
+    replay.add_argument(
+        "--every", type=int, default=1000, help="timeline row interval in events (default 1000)"
+    )
+
     demo = sub.add_parser(
         "demo",
         help="run the pipeline on a simulated stream with a drift",
@@ -87,7 +123,14 @@ def main(argv: list[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        code = {"run": _run, "check-config": _check, "demo": _demo}[args.command](args)
+        commands = {
+            "run": _run,
+            "check-config": _check,
+            "demo": _demo,
+            "baseline": _baseline,
+            "replay": _replay,
+        }
+        code = commands[args.command](args)
     except ConfigError as error:
         print(error, file=sys.stderr)
         code = 2
@@ -101,6 +144,57 @@ def _check(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     models = ", ".join(m.name for m in settings.models)
     print(f"{args.config}: OK ({len(settings.models)} model(s): {models})")
+    return 0
+
+
+def _baseline(args: argparse.Namespace) -> int:
+    from streamwatch import baseline
+
+    settings = load_settings(args.config)
+    profile = baseline.build(
+        settings,
+        args.data,
+        args.model,
+        args.model_version,
+        args.run_id,
+        args.data_snapshot,
+        args.code_revision,
+    )
+    profile.save(args.out)
+    lineage = profile.lineage
+    print(
+        f"{args.out}: reference of {lineage.model} {lineage.model_version} from "
+        f"{lineage.rows:,} rows of {lineage.source} ({lineage.data_snapshot}); "
+        f"{len(profile.numeric)} numeric and {len(profile.categorical)} categorical signals"
+    )
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from streamwatch import replay
+
+    settings = load_settings(args.config)
+    args.out.mkdir(parents=True, exist_ok=True)
+    result = replay.run(
+        settings,
+        args.predictions,
+        args.labels,
+        every=args.every,
+        timeline=args.out / "timeline.csv",
+    )
+    replay.write_alarms(result, args.out / "alarms.json")
+    rejected = sum(result.rejected.values())
+    print(
+        f"replayed {result.predictions:,} predictions ({rejected:,} rejected"
+        f"{', ' + str(result.labels) + ' labels' if args.labels else ''}); "
+        f"{len(result.alarms):,} alarms -> {args.out / 'alarms.json'}, "
+        f"{args.out / 'timeline.csv'}"
+    )
+    first: dict[tuple[str, ...], int] = {}
+    for a in result.alarms:
+        first.setdefault((a.model, a.model_version, a.signal, a.feature, a.detector), a.offset)
+    for (model, version, kind, feature, detector), index in first.items():
+        print(f"  first alarm {model} {version} {kind}={feature} {detector} at event {index:,}")
     return 0
 
 

@@ -7,45 +7,19 @@ through the real worker.
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
-from typing import TextIO
 
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from streamwatch.app import App
+from streamwatch.progress import Progress
 from streamwatch.simulation import START_SECONDS, Record, Scenario
-
-
-class Progress:
-    """A one-line progress bar on a terminal; a line every 10% elsewhere (CI logs)."""
-
-    def __init__(self, total: int, label: str, out: TextIO = sys.stderr) -> None:
-        self.total, self.label, self.out = total, label, out
-        self.tty = out.isatty()
-        self.started = time.monotonic()
-        self._last_decile = -1
-
-    def update(self, done: int) -> None:
-        fraction = min(1.0, done / self.total) if self.total else 1.0
-        rate = done / max(time.monotonic() - self.started, 1e-9)
-        if self.tty:
-            bar = "#" * int(fraction * 30)
-            self.out.write(f"\r{self.label} [{bar:<30}] {fraction:6.1%} {rate:,.0f} msg/s")
-            self.out.flush()
-        elif int(fraction * 10) > self._last_decile:
-            self._last_decile = int(fraction * 10)
-            self.out.write(f"{self.label}: {fraction:.0%} ({done:,} messages, {rate:,.0f}/s)\n")
-
-    def close(self) -> None:
-        if self.tty:
-            self.out.write("\n")
 
 
 @dataclass(frozen=True)

@@ -57,18 +57,35 @@ def test_demo_run_exports_exact_counts_and_the_alarm() -> None:
     )
     invalid = sum(result.invalid.values())
     assert invalid == 20
-    alarms = r.get_sample_value("streamwatch_drift_alarms_total", {
-        "model": "fraud-detector", "model_version": "2026.11.1", "signal": "feature",
-        "feature": "amount", "detector": "cusum_mean"})
+    alarms = r.get_sample_value(
+        "streamwatch_drift_alarms_total",
+        {
+            "model": "fraud-detector",
+            "model_version": "2026.11.1",
+            "signal": "feature",
+            "feature": "amount",
+            "detector": "cusum_mean",
+        },
+    )
     assert alarms is not None
     assert alarms >= 1
     # The drifted feature is caught within a few hundred events of the drift. (Other
     # signals may raise false alarms at the budgeted rate: bench/detection measures it.)
     first_on_amount = min(a[5] for a in result.alarms if a[3] == "amount")
     assert 12_000 <= first_on_amount < 12_500
-    assert r.get_sample_value("streamwatch_model_info", {
-        "model": "fraud-detector", "model_version": "2026.11.1", "reference": "warmup",
-        "run_id": "", "data_snapshot": ""}) == 1
+    assert (
+        r.get_sample_value(
+            "streamwatch_model_info",
+            {
+                "model": "fraud-detector",
+                "model_version": "2026.11.1",
+                "reference": "warmup",
+                "run_id": "",
+                "data_snapshot": "",
+            },
+        )
+        == 1
+    )
 
 
 def test_metrics_documented_are_the_metrics_registered() -> None:

@@ -1,0 +1,146 @@
+"""Baseline: build a model version's reference profile from training or validation data.
+
+Rows come from JSONL (contract-shaped events with a ``features`` object, or flat records),
+CSV (a header row; empty cells are missing) or Parquet (with the ``parquet`` extra). A flat
+row holds each feature under its name and the model's output under ``prediction``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from streamwatch.config import ModelSpec, Settings
+from streamwatch.errors import ConfigError, ConfigProblem, StreamwatchError
+from streamwatch.monitor import signals_of
+from streamwatch.progress import Progress
+from streamwatch.reference import Lineage, Profile, build_profile
+
+
+class DataError(StreamwatchError):
+    """Raised when a baseline data file cannot be read as rows."""
+
+
+def file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return f"sha256:{digest.hexdigest()[:16]}"
+
+
+def read_rows(path: Path) -> Iterator[dict[str, Any]]:
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        with path.open("rb") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = orjson.loads(line)
+                except orjson.JSONDecodeError as error:
+                    raise DataError(f"{path}:{number}: not JSON ({error})") from None
+                if not isinstance(row, dict):
+                    raise DataError(f"{path}:{number}: not a JSON object")
+                if isinstance(row.get("features"), dict):
+                    row = {**row["features"], "prediction": row.get("prediction")}
+                yield row
+    elif suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                yield {k: (v if v != "" else None) for k, v in row.items()}
+    elif suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq  # an optional extra
+        except ImportError:
+            raise DataError(
+                "reading Parquet needs the extra: pip install 'streamwatch[parquet]'"
+            ) from None
+        yield from pq.read_table(path).to_pylist()
+    else:
+        raise DataError(f"{path}: unknown format {suffix!r}; use .jsonl, .csv or .parquet")
+
+
+def _number(value: Any) -> float:
+    if value is None or isinstance(value, bool):
+        return float("nan")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def build(
+    settings: Settings,
+    data: Path,
+    model: str,
+    model_version: str,
+    run_id: str = "",
+    data_snapshot: str = "",
+    code_revision: str = "",
+) -> Profile:
+    spec: ModelSpec | None = settings.model(model)
+    if spec is None:
+        names = ", ".join(m.name for m in settings.models)
+        raise DataError(f"model {model!r} is not in the config (it has: {names})")
+    signals = signals_of(spec)
+    rows = list(read_rows(data))
+    if not rows:
+        raise DataError(f"{data}: no rows")
+    progress = Progress(len(signals), "profiling signals")
+    columns: dict[str, Any] = {}
+    for i, s in enumerate(signals, 1):
+        raw = [row.get(s.name) for row in rows]
+        if s.type == "numeric":
+            columns[s.key] = np.array([_number(v) for v in raw])
+        else:
+            columns[s.key] = np.array([None if v is None else str(v) for v in raw], dtype=object)
+        progress.update(i)
+    progress.close()
+    lineage = Lineage(
+        model,
+        model_version,
+        run_id,
+        data_snapshot or file_hash(data),
+        code_revision,
+        rows=len(rows),
+        source=data.name,
+    )
+    return build_profile(lineage, signals, columns, settings.drift.bins)
+
+
+def load_profiles(settings: Settings) -> dict[tuple[str, str], Profile]:
+    """Every profile the config lists, keyed by (model, model_version)."""
+    profiles: dict[tuple[str, str], Profile] = {}
+    problems = []
+    for i, spec in enumerate(settings.models):
+        for j, path in enumerate(spec.reference.profiles):
+            where = f"models.{i}.reference.profiles.{j}"
+            try:
+                profile = Profile.load(path, signals_of(spec))
+            except (ValueError, KeyError, TypeError) as error:
+                problems.append(
+                    ConfigProblem(
+                        where, f"{path}: {error}", "rebuild it with `streamwatch baseline`"
+                    )
+                )
+                continue
+            if profile.lineage.model != spec.name:
+                problems.append(
+                    ConfigProblem(
+                        where,
+                        f"{path} is a profile of model {profile.lineage.model!r}",
+                        f"list it under the model {profile.lineage.model!r}",
+                    )
+                )
+                continue
+            profiles[(spec.name, profile.lineage.model_version)] = profile
+    if problems:
+        raise ConfigError("reference profiles", problems)
+    return profiles

@@ -1,0 +1,257 @@
+"""`streamwatch baseline` and `streamwatch replay` through the CLI, on files they write."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from streamwatch.app import build
+from streamwatch.config import load_settings
+from streamwatch.errors import ConfigError
+from streamwatch.monitor import signals_of
+from streamwatch.reference import Profile
+from tests.conftest import ROOT
+
+MODEL: dict[str, Any] = {
+    "name": "fraud",
+    "task": "binary",
+    "features": [
+        {"name": "amount", "type": "numeric"},
+        {"name": "age", "type": "numeric"},
+        {"name": "country", "type": "categorical"},
+    ],
+    "reference": {"warmup_events": 500},
+}
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "streamwatch", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+
+
+def _config(tmp_path: Path, **reference: Any) -> Path:
+    path = tmp_path / "c.yaml"
+    model = {**MODEL, "reference": {**MODEL["reference"], **reference}}
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "models": [model],
+                "worker": {"batch_size": 500},
+                "drift": {"windows": [{"events": 1000}, {"seconds": 3600}]},
+            }
+        )
+    )
+    return path
+
+
+def _training_rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(seed)
+    return [
+        {"amount": float(a), "age": float(b), "country": c, "prediction": float(p)}
+        for a, b, c, p in zip(
+            rng.normal(100, 15, n),
+            rng.normal(40, 10, n),
+            rng.choice(["DE", "FR", "US"], n),
+            rng.uniform(0, 1, n),
+            strict=True,
+        )
+    ]
+
+
+def _write(rows: list[dict[str, Any]], path: Path) -> Path:
+    if path.suffix == ".jsonl":
+        path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    elif path.suffix == ".csv":
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    else:
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
+def test_baseline_writes_a_profile_with_lineage(tmp_path: Path, suffix: str) -> None:
+    config = _config(tmp_path)
+    data = _write(_training_rows(3000), tmp_path / f"train{suffix}")
+    out = tmp_path / "fraud-v7.profile.json"
+    result = _cli(
+        "baseline",
+        "--config",
+        str(config),
+        "--data",
+        str(data),
+        "--model",
+        "fraud",
+        "--model-version",
+        "v7",
+        "--run-id",
+        "run-42",
+        "--code-revision",
+        "abc123",
+        "--out",
+        str(out),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "3,000 rows" in result.stdout
+    body = json.loads(out.read_text())
+    assert body["format_version"] == 1
+    lineage = body["lineage"]
+    assert (lineage["model"], lineage["model_version"], lineage["run_id"]) == (
+        "fraud",
+        "v7",
+        "run-42",
+    )
+    assert lineage["code_revision"] == "abc123"
+    assert lineage["rows"] == 3000
+    assert lineage["data_snapshot"].startswith("sha256:")
+    assert lineage["created_at"]
+    amount = body["signals"]["feature:amount"]
+    assert abs(amount["mean"] - 100) < 1.5
+    assert sum(amount["counts"]) == 3000
+    assert set(body["signals"]["feature:country"]["categories"]) == {"DE", "FR", "US"}
+    assert "prediction:prediction" in body["signals"]
+
+
+def test_the_worker_judges_a_version_against_its_profile(tmp_path: Path) -> None:
+    data = _write(_training_rows(3000), tmp_path / "train.jsonl")
+    out = tmp_path / "p.json"
+    assert (
+        _cli(
+            "baseline",
+            "--config",
+            str(_config(tmp_path)),
+            "--data",
+            str(data),
+            "--model",
+            "fraud",
+            "--model-version",
+            "v7",
+            "--run-id",
+            "run-42",
+            "--out",
+            str(out),
+        ).returncode
+        == 0
+    )
+    settings = load_settings(_config(tmp_path, profiles=[str(out)]))
+    app = build(settings)
+    snap = app.pipeline.monitor.snapshot()
+    assert snap.model_info == []  # nothing seen yet
+    from tests.events import prediction
+
+    events = [prediction(i, 100.0, 40.0, "DE", version="v7") for i in range(10)]
+    from streamwatch.simulation import Record
+
+    app.pipeline.process(
+        [Record("predictions", orjson.dumps(e), None, 0, i) for i, e in enumerate(events)], None
+    )
+    snap = app.pipeline.monitor.snapshot()
+    assert snap.model_info == [
+        (
+            "fraud",
+            "v7",
+            "train.jsonl",
+            "run-42",
+            Profile.load(out, signals_of(settings.models[0])).lineage.data_snapshot,
+        )
+    ]
+    assert snap.warmup == [("fraud", "v7", 1.0)]  # no warm-up with a profile
+
+
+def test_a_profile_of_another_model_is_a_config_error(tmp_path: Path) -> None:
+    data = _write(_training_rows(100), tmp_path / "train.csv")
+    out = tmp_path / "p.json"
+    assert (
+        _cli(
+            "baseline",
+            "--config",
+            str(_config(tmp_path)),
+            "--data",
+            str(data),
+            "--model",
+            "fraud",
+            "--model-version",
+            "v1",
+            "--out",
+            str(out),
+        ).returncode
+        == 0
+    )
+    body = json.loads(out.read_text())
+    body["lineage"]["model"] = "other"
+    out.write_text(json.dumps(body))
+    with pytest.raises(ConfigError, match=r"models\.0\.reference\.profiles\.0"):
+        build(load_settings(_config(tmp_path, profiles=[str(out)])))
+    result = _cli("check-config", str(_config(tmp_path, profiles=[str(tmp_path / "nope.json")])))
+    assert result.returncode == 2
+    assert "models.0.reference.profiles" in result.stderr
+
+
+def test_replay_backtests_a_recorded_day(tmp_path: Path) -> None:
+    rng = np.random.default_rng(9)
+    lines = []
+    for i in range(6000):
+        shift = 15.0 if i >= 4000 else 0.0  # a one-sigma shift of amount at event 4000
+        event = {
+            "prediction_id": f"p{i}",
+            "model": "fraud",
+            "model_version": "v1",
+            "timestamp": 1_790_000_000_000 + i * 1000,
+            "features": {
+                "amount": float(rng.normal(100 + shift, 15)),
+                "age": float(rng.normal(40, 10)),
+                "country": str(rng.choice(["DE", "FR"])),
+            },
+            "prediction": float(rng.uniform()),
+        }
+        lines.append(orjson.dumps(event))
+    lines.append(b"not json")
+    rng.shuffle(lines)  # recorded out of order: replay sorts by event time
+    predictions = tmp_path / "predictions.jsonl"
+    predictions.write_bytes(b"\n".join(lines) + b"\n")
+    out = tmp_path / "backtest"
+    result = _cli(
+        "replay",
+        "--config",
+        str(_config(tmp_path)),
+        "--predictions",
+        str(predictions),
+        "--out",
+        str(out),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "replayed 6,000 predictions (1 rejected)" in result.stdout
+    alarms = json.loads((out / "alarms.json").read_text())
+    assert alarms
+    first = alarms[0]
+    assert (first["feature"], first["detector"]) == ("amount", "cusum_mean")
+    assert 4000 <= first["event_index"] < 4200
+    assert first["statistic"] > first["threshold"]
+    assert first["event_time"].startswith("2026-09")
+    assert {a["feature"] for a in alarms} == {"amount"}
+    with (out / "timeline.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    psi = [
+        float(r["value"])
+        for r in rows
+        if r["feature"] == "amount" and r["statistic"] == "psi" and r["window"] == "events_1000"
+    ]
+    assert psi[0] < 0.1 < psi[-1]
