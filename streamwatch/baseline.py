@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -144,3 +145,45 @@ def load_profiles(settings: Settings) -> dict[tuple[str, str], Profile]:
     if problems:
         raise ConfigError("reference profiles", problems)
     return profiles
+
+
+def with_profiles(settings: Settings, paths: list[Path]) -> Settings:
+    """The settings with more profile files, each under the model its lineage names."""
+    extra: dict[str, list[Path]] = {}
+    for path in paths:
+        try:
+            model = json.loads(path.read_text())["lineage"]["model"]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise ConfigError(
+                str(path),
+                [
+                    ConfigProblem(
+                        "--profile",
+                        f"{path}: not a readable profile ({error})",
+                        "pass a file written by `streamwatch baseline`",
+                    )
+                ],
+            ) from None
+        if settings.model(model) is None:
+            raise ConfigError(
+                str(path),
+                [
+                    ConfigProblem(
+                        "--profile",
+                        f"{path} is a profile of model {model!r}, not in the config",
+                        "add the model to the config, or pass its own profile",
+                    )
+                ],
+            )
+        extra.setdefault(model, []).append(path)
+    models = [
+        m.model_copy(
+            update={
+                "reference": m.reference.model_copy(
+                    update={"profiles": [*m.reference.profiles, *extra.get(m.name, [])]}
+                )
+            }
+        )
+        for m in settings.models
+    ]
+    return settings.model_copy(update={"models": models})

@@ -93,6 +93,13 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--labels", type=Path, help="labels JSONL (decoded and counted)")
     replay.add_argument("--out", required=True, type=Path, help="output folder")
     replay.add_argument(
+        "--profile",
+        type=Path,
+        action="append",
+        default=[],
+        help="a reference profile to use besides the config's (repeatable)",
+    )
+    replay.add_argument(
         "--every", type=int, default=1000, help="timeline row interval in events (default 1000)"
     )
 
@@ -107,6 +114,13 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
     demo.add_argument(
         "--metrics-port", type=int, help="serve /metrics on this port while the demo runs"
+    )
+    demo.add_argument(
+        "--record",
+        type=Path,
+        metavar="DIR",
+        help="write the stream to DIR (predictions.jsonl, labels.jsonl, training.csv) "
+        "for baseline and replay, instead of running it",
     )
     demo.add_argument(
         "--bootstrap-servers",
@@ -172,8 +186,11 @@ def _baseline(args: argparse.Namespace) -> int:
 
 def _replay(args: argparse.Namespace) -> int:
     from streamwatch import replay
+    from streamwatch.baseline import with_profiles
 
     settings = load_settings(args.config)
+    if args.profile:
+        settings = with_profiles(settings, args.profile)
     args.out.mkdir(parents=True, exist_ok=True)
     result = replay.run(
         settings,
@@ -186,7 +203,7 @@ def _replay(args: argparse.Namespace) -> int:
     rejected = sum(result.rejected.values())
     print(
         f"replayed {result.predictions:,} predictions ({rejected:,} rejected"
-        f"{', ' + str(result.labels) + ' labels' if args.labels else ''}); "
+        f"{f', {result.labels:,} labels' if args.labels else ''}); "
         f"{len(result.alarms):,} alarms -> {args.out / 'alarms.json'}, "
         f"{args.out / 'timeline.csv'}"
     )
@@ -225,7 +242,7 @@ def _run(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from streamwatch.app import build
     from streamwatch.demo import run_in_memory, run_on_kafka, summary
-    from streamwatch.simulation import DEMO_CONFIG, Scenario
+    from streamwatch.simulation import DEMO_CONFIG, Scenario, record
 
     settings: Settings = parse_settings(DEMO_CONFIG, "<demo config>")
     if args.bootstrap_servers:
@@ -247,6 +264,11 @@ def _demo(args: argparse.Namespace) -> int:
         predictions_topic=settings.topics.predictions,
         labels_topic=settings.topics.labels,
     )
+    if args.record:
+        counts = record(scenario, args.record)
+        for name, n in counts.items():
+            print(f"{args.record / name}: {n:,} lines")
+        return 0
     app = build(settings)
     if args.metrics_port is not None:
         serve(app.registry, "127.0.0.1", args.metrics_port)

@@ -8,9 +8,11 @@ and a few malformed messages are mixed in, as in real traffic.
 
 from __future__ import annotations
 
+import csv
 import heapq
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import orjson
@@ -164,3 +166,33 @@ class Scenario:
             ),
         ]
         return kinds[(i // 1000) % len(kinds)]
+
+
+def record(scenario: Scenario, folder: Path, training_rows: int = 20_000) -> dict[str, int]:
+    """Write the scenario as files: ``predictions.jsonl`` and ``labels.jsonl`` (one message
+    value per line, in arrival order) and ``training.csv`` (flat rows of the model's
+    pre-drift data with its predictions, as a training set would have them)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    counts = {"predictions.jsonl": 0, "labels.jsonl": 0, "training.csv": 0}
+    with (folder / "predictions.jsonl").open("wb") as p, (folder / "labels.jsonl").open("wb") as lb:
+        for r in scenario.records():
+            value = r.value() or b""
+            is_prediction = r.topic() == scenario.predictions_topic
+            (p if is_prediction else lb).write(value + b"\n")
+            counts["predictions.jsonl" if is_prediction else "labels.jsonl"] += 1
+    training = Scenario(
+        events=training_rows, drift_at=training_rows, invalid_every=0, seed=scenario.seed + 1
+    )
+    with (folder / "training.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["amount", "account_age_days", "items", "country", "prediction"])
+        for r in training.records():
+            if r.topic() != training.predictions_topic:
+                continue
+            event = orjson.loads(r.value() or b"{}")
+            x = event["features"]
+            writer.writerow(
+                [x["amount"], x["account_age_days"], x["items"], x["country"], event["prediction"]]
+            )
+            counts["training.csv"] += 1
+    return counts

@@ -133,7 +133,7 @@ def worker_config(topics: Topics, port: int, **overrides: Any) -> dict[str, Any]
                 "reference": {"warmup_events": 500},
             }
         ],
-        "drift": {"window_events": 500},
+        "drift": {"windows": [{"events": 500}, {"seconds": 3600}], "min_window_events": 100},
         "worker": {"commit_interval_seconds": 0.5, "poll_timeout_seconds": 0.2},
         "exporter": {"address": "127.0.0.1", "port": port},
     }

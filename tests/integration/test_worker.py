@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from tests.conftest import ROOT, free_port
-from tests.events import label, prediction, stream
+from tests.events import T0_MS, label, prediction, stream
 from tests.integration.conftest import Topics, WorkerProcess, consume_all, produce, worker_config
 
 Workers = Callable[[dict[str, Any]], WorkerProcess]
@@ -163,26 +163,22 @@ def test_drift_alarm_on_the_shifted_feature_only_and_only_after_the_shift(
     topics.create(partitions=1)
     produce(topics.bootstrap, topics.predictions, stream(0, 3000, seed=3))
     worker = workers(worker_config(topics, free_port())).start()
-    alarms = "streamwatch_drift_alarms_total"
 
-    def alarm_count(feature: str) -> float:
-        return worker.sample(
-            alarms,
-            model="fraud",
-            model_version="v1",
-            signal="feature",
-            feature=feature,
-            detector="psi_threshold",
-        )
+    def alarms() -> dict[tuple[str, str, str], float]:
+        return {
+            (dict(labels)["signal"], dict(labels)["feature"], dict(labels)["detector"]): v
+            for (name, labels), v in worker.metrics().items()
+            if name == "streamwatch_drift_alarms_total"
+        }
 
     worker.wait_for(lambda: worker.sample(PRED, topic=topics.predictions, model="fraud") == 3000)
-    assert alarm_count("amount") == 0
-    assert alarm_count("age") == 0
+    assert alarms() == {}
     assert (
         worker.sample(
             "streamwatch_drift_score",
             model="fraud",
             model_version="v1",
+            signal="feature",
             feature="amount",
             statistic="psi",
             window="events_500",
@@ -192,8 +188,20 @@ def test_drift_alarm_on_the_shifted_feature_only_and_only_after_the_shift(
 
     produce(topics.bootstrap, topics.predictions, stream(3000, 1000, seed=4, amount_shift=1.0))
     worker.wait_for(lambda: worker.sample(PRED, topic=topics.predictions, model="fraud") == 4000)
-    assert alarm_count("amount") >= 1
-    assert alarm_count("age") == 0
+    raised = alarms()
+    assert raised.get(("feature", "amount", "cusum_mean"), 0) >= 1
+    assert {feature for _, feature, _ in raised} == {"amount"}
+    assert (
+        worker.sample(
+            "streamwatch_drift_last_alarm_timestamp_seconds",
+            model="fraud",
+            model_version="v1",
+            signal="feature",
+            feature="amount",
+            detector="cusum_mean",
+        )
+        >= (T0_MS + 3000 * 1000) / 1000
+    )
     assert worker.stop() == 0
 
 
