@@ -12,7 +12,6 @@ from pathlib import Path
 from streamwatch import __version__
 from streamwatch.config import Settings, load_settings, parse_settings
 from streamwatch.errors import ConfigError, StreamwatchError
-from streamwatch.exporter import serve
 
 EPILOG = """\
 examples:
@@ -225,6 +224,7 @@ def _stop_on_signals() -> threading.Event:
 
 def _run(args: argparse.Namespace) -> int:
     from streamwatch.app import build
+    from streamwatch.exporter import serve
 
     settings = load_settings(args.config)
     app = build(settings)
@@ -242,6 +242,7 @@ def _run(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from streamwatch.app import build
     from streamwatch.demo import run_in_memory, run_on_kafka, summary
+    from streamwatch.exporter import serve
     from streamwatch.simulation import DEMO_CONFIG, Scenario, record
 
     settings: Settings = parse_settings(DEMO_CONFIG, "<demo config>")

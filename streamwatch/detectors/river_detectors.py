@@ -12,23 +12,30 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from river import drift
 
 from streamwatch.detectors.base import Crossing
 from streamwatch.statistics import FloatArray
 
-#: name -> factory, at river's default settings.
-RIVER_DETECTORS: dict[str, Callable[[], Any]] = {
-    "adwin": drift.ADWIN,
-    "page_hinkley": drift.PageHinkley,
-    "kswin": lambda: drift.KSWIN(seed=1),
-}
+#: The river detectors on offer, at river's default settings.
+RIVER_DETECTORS = ("adwin", "page_hinkley", "kswin")
+
+
+def river_detector(name: str) -> Any:
+    """A new river detector (river is imported on first use: it is slow to import)."""
+    from river import drift
+
+    factories: dict[str, Callable[[], Any]] = {
+        "adwin": drift.ADWIN,
+        "page_hinkley": drift.PageHinkley,
+        "kswin": lambda: drift.KSWIN(seed=1),
+    }
+    return factories[name]()
 
 
 class RiverBank:
     def __init__(self, name: str, n: int) -> None:
         self.name = name
-        self._detectors = [RIVER_DETECTORS[name]() for _ in range(n)]
+        self._detectors = [river_detector(name) for _ in range(n)]
 
     def update(self, values: FloatArray) -> list[Crossing]:
         """Feed raw values (events x signals); missing values are skipped."""
