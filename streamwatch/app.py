@@ -19,8 +19,9 @@ from prometheus_client import CollectorRegistry
 
 from streamwatch.baseline import load_profiles
 from streamwatch.config import Settings
-from streamwatch.exporter import Health, MonitorCollector, Telemetry
+from streamwatch.exporter import Health, MonitorCollector, QualityCollector, Telemetry
 from streamwatch.monitor import Monitor
+from streamwatch.quality import Quality
 from streamwatch.worker import Pipeline, Worker
 
 
@@ -39,11 +40,13 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> App:
     """The pipeline and its exporter, on a private registry unless one is given."""
     registry = registry or CollectorRegistry()
     monitor = Monitor(settings, load_profiles(settings))
+    quality = Quality(settings)
     telemetry = Telemetry(registry, (settings.topics.predictions, settings.topics.labels))
     registry.register(MonitorCollector(monitor))
+    registry.register(QualityCollector(quality))
     return App(
         settings,
         registry,
-        Pipeline(settings, monitor, telemetry),
+        Pipeline(settings, monitor, quality, telemetry),
         Health(settings.worker.stall_seconds),
     )

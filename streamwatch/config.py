@@ -153,11 +153,53 @@ class ReferenceSpec(_Section):
         return paths
 
 
+class SliceSpec(_Section):
+    """A slice: events grouped by the values of one or more keys (attributes or features).
+
+    A key is looked up in the event's ``attributes``, then in its ``features``. Numeric keys
+    listed in ``edges`` are bucketed (``[10,100)``); at most ``max_values`` values are tracked
+    per slice, the rest share ``__other__``.
+    """
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    keys: list[str] = Field(min_length=1)
+    edges: dict[str, list[float]] = {}
+    max_values: int = Field(default=50, ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _edges_name_keys(self) -> SliceSpec:
+        unknown = sorted(set(self.edges) - set(self.keys))
+        if unknown:
+            raise _problem(
+                f"edges for {unknown}, which are not among keys {self.keys}",
+                "add them to keys, or remove their edges",
+            )
+        for key, edges in self.edges.items():
+            if sorted(edges) != edges or len(set(edges)) != len(edges):
+                raise _problem(
+                    f"edges of {key!r} are not strictly increasing",
+                    "list the bucket edges in increasing order",
+                )
+        return self
+
+
 class ModelSpec(_Section):
     name: str = Field(min_length=1)
     task: Literal["binary", "multiclass", "regression"]
     features: list[FeatureSpec] = Field(min_length=1)
     reference: ReferenceSpec = ReferenceSpec()
+    slices: list[SliceSpec] = []
+    # Binary models: label values that mean the positive class (numbers >= 0.5 also do).
+    positive_labels: list[str] = ["1", "true", "True", "yes", "positive"]
+
+    @field_validator("slices")
+    @classmethod
+    def _unique_slices(cls, slices: list[SliceSpec]) -> list[SliceSpec]:
+        names = [s.name for s in slices]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise _problem(f"duplicate slice names {dupes}", "give each slice one entry")
+        return slices
 
     @field_validator("features")
     @classmethod
@@ -241,6 +283,32 @@ class DriftSettings(_Section):
         return windows
 
 
+class LabelSettings(_Section):
+    # How long a prediction waits for its label (label event time), and a label for its
+    # prediction (prediction event time).
+    ttl_seconds: float = Field(default=7 * 86400, gt=0)
+    early_hold_seconds: float = Field(default=600, ge=0)
+
+
+class QualitySettings(_Section):
+    windows: list[WindowSpec] = Field(
+        default_factory=lambda: [
+            WindowSpec(events=1000),
+            WindowSpec(seconds=3600),
+            WindowSpec(seconds=86400),
+        ],
+        min_length=1,
+    )
+    # Below this many labelled events a window has no scores.
+    min_window_events: int = Field(default=50, ge=1)
+    # Binary models: a prediction is positive at or above this probability.
+    threshold: float = Field(default=0.5, gt=0, lt=1)
+    # river's detector on each model version's (and tracked slice's) error stream.
+    concept_detector: Literal["ddm", "eddm", "hddm_a", "hddm_w", "adwin"] = "adwin"
+    # Regression: river's detector on the absolute error.
+    regression_detector: Literal["adwin", "page_hinkley"] = "adwin"
+
+
 class WorkerSettings(_Section):
     batch_size: int = Field(default=2000, ge=1, le=100_000)
     poll_timeout_seconds: float = Field(default=0.5, gt=0, le=10)
@@ -265,6 +333,8 @@ class Settings(BaseSettings):
     contract: ContractSettings = ContractSettings()
     models: list[ModelSpec] = Field(min_length=1)
     drift: DriftSettings = DriftSettings()
+    labels: LabelSettings = LabelSettings()
+    quality: QualitySettings = QualitySettings()
     worker: WorkerSettings = WorkerSettings()
     exporter: ExporterSettings = ExporterSettings()
 

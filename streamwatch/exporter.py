@@ -32,6 +32,8 @@ from prometheus_client.registry import Collector
 from streamwatch import __version__
 from streamwatch.decode import REASONS
 from streamwatch.monitor import Monitor
+from streamwatch.quality import Quality
+from streamwatch.scores import Counts
 
 # `_created` series double every counter's series count and nothing here alerts on them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -85,6 +87,25 @@ class Telemetry:
         )
         for topic in topics:
             self.assigned.labels(topic).set(0)
+        self.label_delay = Histogram(
+            "streamwatch_label_delay_seconds",
+            "Label event time minus prediction event time, per joined pair.",
+            ["model"],
+            buckets=(
+                60,
+                300,
+                900,
+                3600,
+                3 * 3600,
+                6 * 3600,
+                12 * 3600,
+                86400,
+                2 * 86400,
+                3 * 86400,
+                7 * 86400,
+            ),
+            registry=registry,
+        )
         self.batch_duration = Histogram(
             "streamwatch_batch_duration_seconds",
             "Time to process one consumed micro-batch.",
@@ -204,6 +225,178 @@ class MonitorCollector(Collector):
             [*SIGNAL, "detector"],
             ((*k, t) for k, t in snap.last_alarm.items()),
         )
+
+
+SLICE = [*VERSION, "slice"]
+
+
+class QualityCollector(Collector):
+    """Labels, the join and quality scores, built fresh at each scrape."""
+
+    def __init__(self, quality: Quality) -> None:
+        self.quality = quality
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.quality.snapshot()
+        g, c = GaugeMetricFamily, CounterMetricFamily
+        yield _family(
+            g,
+            "streamwatch_window_score",
+            "A quality score of labelled predictions in a window (by prediction "
+            "event time; events_N: the last N labelled).",
+            [*SLICE, "score", "window"],
+            snap.scores,
+        )
+        yield _family(
+            g,
+            "streamwatch_estimated_score",
+            "Binary models: the score expected from the predicted probabilities, "
+            "before labels arrive (confidence-based estimation).",
+            [*SLICE, "score", "window"],
+            snap.estimated,
+        )
+        yield _family(
+            g,
+            "streamwatch_estimated_score_error",
+            "Estimate minus realized score, on the window's labelled predictions.",
+            [*SLICE, "score", "window"],
+            snap.estimate_error,
+        )
+        totals = snap.totals
+        yield _family(
+            c,
+            "streamwatch_labelled_events",
+            "Predictions joined to a label.",
+            SLICE,
+            ((*k, t.events) for k, t in totals.items()),
+        )
+        yield _family(
+            c,
+            "streamwatch_labelled_correct",
+            "Labelled predictions that were right (classification).",
+            SLICE,
+            (
+                (*k, _correct(snap.tasks[k[0]], t))
+                for k, t in totals.items()
+                if snap.tasks[k[0]] != "regression"
+            ),
+        )
+        cells = ("tp", "fp", "fn", "tn")
+        yield _family(
+            c,
+            "streamwatch_confusion_events",
+            "Binary models: labelled predictions per confusion-matrix cell.",
+            [*SLICE, "cell"],
+            (
+                (*k, cell, t.get("cells")[i])
+                for k, t in totals.items()
+                if snap.tasks[k[0]] == "binary"
+                for i, cell in enumerate(cells)
+            ),
+        )
+        yield _family(
+            c,
+            "streamwatch_loss_sum",
+            "Binary models: sums of per-prediction log loss and Brier score.",
+            [*SLICE, "loss"],
+            (
+                (*k, loss, t.get(loss)[0])
+                for k, t in totals.items()
+                if snap.tasks[k[0]] == "binary"
+                for loss in ("log_loss", "brier")
+            ),
+        )
+        yield _family(
+            c,
+            "streamwatch_regression_error_sum",
+            "Regression models: sums of absolute, squared and signed errors.",
+            [*SLICE, "error"],
+            (
+                (*k, e, t.get(e)[0])
+                for k, t in totals.items()
+                if snap.tasks[k[0]] == "regression"
+                for e in ("abs", "squared", "signed")
+            ),
+        )
+        yield _family(
+            g,
+            "streamwatch_predictions_pending",
+            "Predictions waiting for their label (owned partitions).",
+            ["model"],
+            snap.pending.items(),
+        )
+        yield _family(
+            c,
+            "streamwatch_predictions_expired_unlabelled",
+            "Predictions whose label did not come within labels.ttl_seconds.",
+            VERSION,
+            ((*k, n) for k, n in snap.expired.items()),
+        )
+        yield _family(
+            c,
+            "streamwatch_predictions_duplicate",
+            "Predictions whose id was already waiting (ignored).",
+            ["model"],
+            snap.duplicate_predictions.items(),
+        )
+        yield _family(
+            c,
+            "streamwatch_labels_joined",
+            "Labels joined to their prediction.",
+            VERSION,
+            ((*k, n) for k, n in snap.joined.items()),
+        )
+        yield _family(
+            c,
+            "streamwatch_labels_unmatched",
+            "Labels with no waiting prediction after labels.early_hold_seconds: "
+            "unknown ids, expired predictions and repeats of joined labels.",
+            [],
+            [(snap.unmatched_labels,)],
+        )
+        yield _family(
+            c,
+            "streamwatch_labels_duplicate",
+            "Repeated labels for a prediction not yet seen (the first one wins).",
+            [],
+            [(snap.duplicate_labels,)],
+        )
+        yield _family(
+            g,
+            "streamwatch_label_coverage_ratio",
+            "Share of predictions that got their label before the TTL: joined over "
+            "joined plus expired.",
+            VERSION,
+            ((*k, n / (n + snap.expired.get(k, 0))) for k, n in snap.joined.items()),
+        )
+        yield _family(
+            c,
+            "streamwatch_slice_overflow",
+            "Events whose slice value was past the slice's max_values (counted under __other__).",
+            ["model", "slice"],
+            ((*k, n) for k, n in snap.overflow.items()),
+        )
+        yield _family(
+            g,
+            "streamwatch_slice_values",
+            "Slice values tracked (bounded).",
+            ["model", "slice"],
+            ((*k, n) for k, n in snap.tracked.items()),
+        )
+        yield _family(
+            c,
+            "streamwatch_concept_drift_alarms",
+            "river's detector fired on a model version's or slice's error stream.",
+            [*SLICE, "detector"],
+            ((*k, n) for k, n in snap.concept_alarms.items()),
+        )
+
+
+def _correct(task: str, totals: Counts) -> float:
+    if task == "binary":
+        cells = totals.get("cells")
+        return float(cells[0] + cells[3])
+    return float(totals.get("correct")[0])
 
 
 class Health:

@@ -41,6 +41,7 @@ DEMO_CONFIG: dict[str, object] = {
                 {"name": "country", "type": "categorical"},
             ],
             "reference": {"warmup_events": 5000},
+            "slices": [{"name": "country", "keys": ["country"]}],
         }
     ],
     "drift": {

@@ -32,6 +32,7 @@ from streamwatch.decode import Decoder, Label, Prediction, RawMessage, Rejection
 from streamwatch.errors import ConfigError, ConfigProblem, KafkaSetupError
 from streamwatch.exporter import Health, Telemetry
 from streamwatch.monitor import Alarm, Monitor
+from streamwatch.quality import Quality
 from streamwatch.source import Source
 
 log = logging.getLogger(__name__)
@@ -48,10 +49,13 @@ class Outcome:
 class Pipeline:
     """The stages after the source, shared by the Kafka worker and the in-memory demo."""
 
-    def __init__(self, settings: Settings, monitor: Monitor, telemetry: Telemetry) -> None:
+    def __init__(
+        self, settings: Settings, monitor: Monitor, quality: Quality, telemetry: Telemetry
+    ) -> None:
         self.topics = settings.topics
         self.decoder = Decoder(settings)
         self.monitor = monitor
+        self.quality = quality
         self.telemetry = telemetry
         self.processed = 0
         self._announced: set[tuple[str, str, str, str, str]] = set()
@@ -100,6 +104,16 @@ class Pipeline:
                 alarm.detector,
                 alarm.offset,
             )
+        for concept in self.quality.apply(predictions, labels):
+            log.info(
+                "concept drift alarm: model=%s version=%s slice=%s detector=%s",
+                concept.model,
+                concept.model_version,
+                concept.slice,
+                concept.detector,
+            )
+        for model, delay in self.quality.take_label_delays():
+            self.telemetry.label_delay.labels(model).observe(delay)
         self._count(predictions_topic, predictions, labels)
         self.processed += len(messages)
         return Outcome(rejected, alarms)
@@ -196,9 +210,9 @@ class Worker:
     # -- rebalance callbacks (run inside consume) ---------------------------------------
     def _assigned(self, partitions: list[TopicPartition]) -> None:
         log.info("assigned %s", [(tp.topic, tp.partition) for tp in partitions])
-        self.pipeline.monitor.assign(
-            tp.partition for tp in partitions if tp.topic == self.settings.topics.predictions
-        )
+        owned = [tp.partition for tp in partitions if tp.topic == self.settings.topics.predictions]
+        self.pipeline.monitor.assign(owned)
+        self.pipeline.quality.assign(owned)
         self._set_assigned(partitions)
 
     def _revoked(self, partitions: list[TopicPartition]) -> None:
@@ -211,9 +225,9 @@ class Worker:
         self._drop(partitions)
 
     def _drop(self, partitions: list[TopicPartition]) -> None:
-        self.pipeline.monitor.revoke(
-            tp.partition for tp in partitions if tp.topic == self.settings.topics.predictions
-        )
+        owned = [tp.partition for tp in partitions if tp.topic == self.settings.topics.predictions]
+        self.pipeline.monitor.revoke(owned)
+        self.pipeline.quality.revoke(owned)
         for tp in partitions:  # retire the lag series of partitions we no longer own
             key = (tp.topic, str(tp.partition))
             if key in self._lag_series:

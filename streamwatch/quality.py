@@ -1,0 +1,474 @@
+"""Quality: labels joined to predictions, windowed scores per model version and slice,
+concept drift on the error stream, and an estimate of the scores before labels arrive.
+
+Per predictions partition (the labels topic is co-partitioned with it)::
+
+    predictions -> slices (bounded) -> pending store -> estimated counts (binary) -> windows
+    labels -> join (first label wins; TTL; early hold) -> labelled counts -> windows, totals
+                                                       -> river detector on the errors
+
+Every score comes from additive counts (:mod:`streamwatch.scores`). Time windows are keyed
+by the prediction's event time, so a label that comes a day late lands in the window of its
+prediction; the ``events`` window holds the last N labelled pairs in arrival order.
+Per-worker cumulative counts back the exported counters: ``sum(rate(...))`` over workers
+gives exact global values.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from streamwatch.config import ModelSpec, QualitySettings, Settings, WindowSpec
+from streamwatch.decode import Label, Prediction
+from streamwatch.join import PendingPredictions
+from streamwatch.scores import (
+    Counts,
+    binary_counts,
+    binary_scores,
+    estimated_counts,
+    estimated_scores,
+    multiclass_counts,
+    multiclass_scores,
+    regression_counts,
+    regression_scores,
+)
+from streamwatch.slices import ALL, OTHER, Slicer
+from streamwatch.statistics import FloatArray, IntArray
+from streamwatch.windows import CountWindow, TimeWindow
+
+MAX_CLASSES = 100  # multiclass: classes tracked per model; the rest share the last code
+SliceKey = tuple[str, str, str]  # (model, model_version, slice)
+Windows = list[CountWindow | TimeWindow]
+
+
+@dataclass(frozen=True)
+class ConceptAlarm:
+    model: str
+    model_version: str
+    slice: str
+    detector: str
+    event_time: float
+
+
+@dataclass
+class QualitySnapshot:
+    scores: list[tuple[str, str, str, str, str, float]] = field(default_factory=list)
+    estimated: list[tuple[str, str, str, str, str, float]] = field(default_factory=list)
+    estimate_error: list[tuple[str, str, str, str, str, float]] = field(default_factory=list)
+    totals: dict[SliceKey, Counts] = field(default_factory=dict)
+    tasks: dict[str, str] = field(default_factory=dict)
+    pending: dict[str, int] = field(default_factory=dict)
+    expired: dict[tuple[str, str], int] = field(default_factory=dict)
+    joined: dict[tuple[str, str], int] = field(default_factory=dict)
+    unmatched_labels: int = 0
+    duplicate_labels: int = 0
+    duplicate_predictions: dict[str, int] = field(default_factory=dict)
+    overflow: dict[tuple[str, str], int] = field(default_factory=dict)
+    tracked: dict[tuple[str, str], int] = field(default_factory=dict)
+    concept_alarms: dict[tuple[str, str, str, str], int] = field(default_factory=dict)
+
+
+def _new_window(spec: WindowSpec) -> CountWindow | TimeWindow:
+    empty: Any = Counts()  # windows only need `events`, + and -
+    if spec.events is not None:
+        return CountWindow(spec.events, empty)
+    return TimeWindow(spec.seconds or 0.0, empty, buckets=12)
+
+
+def _river(name: str) -> Any:
+    from river import drift
+
+    factories: dict[str, Callable[[], Any]] = {
+        "ddm": drift.binary.DDM,
+        "eddm": drift.binary.EDDM,
+        "hddm_a": drift.binary.HDDMA,
+        "hddm_w": drift.binary.HDDMW,
+        "adwin": drift.ADWIN,
+        "page_hinkley": drift.PageHinkley,
+    }
+    return factories[name]()
+
+
+class Keys:
+    """Interned (model, version, slice) keys: pending predictions store small integers."""
+
+    def __init__(self) -> None:
+        self.codes: dict[SliceKey, int] = {}
+        self.names: list[SliceKey] = []
+
+    def code(self, key: SliceKey) -> int:
+        code = self.codes.get(key)
+        if code is None:
+            code = self.codes[key] = len(self.names)
+            self.names.append(key)
+        return code
+
+
+@dataclass
+class PartitionQuality:
+    """One partition's join state, windows and detectors."""
+
+    pending: dict[str, PendingPredictions]
+    early: dict[str, tuple[float | str, float]] = field(default_factory=dict)
+    prediction_watermark: float = float("-inf")
+    label_watermark: float = float("-inf")
+    windows: dict[int, Windows] = field(default_factory=dict)  # by key code
+    estimates: dict[int, Windows] = field(default_factory=dict)
+    detectors: dict[int, Any] = field(default_factory=dict)
+
+
+class Quality:
+    """The label side of the engine, for every configured model."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings: QualitySettings = settings.quality
+        self.ttl = settings.labels.ttl_seconds
+        self.hold = settings.labels.early_hold_seconds
+        self.specs: dict[str, ModelSpec] = {m.name: m for m in settings.models}
+        self.slicers = {m.name: Slicer(m.slices) for m in settings.models}
+        self.classes: dict[str, dict[str, int]] = {m.name: {} for m in settings.models}
+        self.keys = Keys()
+        self.partitions: dict[int, PartitionQuality] = {}
+        self.totals: dict[int, Counts] = {}
+        self.expired: dict[tuple[str, str], int] = defaultdict(int)
+        self.joined: dict[tuple[str, str], int] = defaultdict(int)
+        self.unmatched_labels = 0
+        self.duplicate_labels = 0
+        self.duplicate_predictions: dict[str, int] = defaultdict(int)
+        self.concept_alarms: dict[tuple[str, str, str, str], int] = defaultdict(int)
+        self._delays: list[tuple[str, float]] = []
+        self._lock = threading.Lock()
+
+    # -- partition ownership ------------------------------------------------------------
+    def assign(self, partitions: Iterable[int]) -> None:
+        with self._lock:
+            for p in partitions:
+                self._partition(p)
+
+    def revoke(self, partitions: Iterable[int]) -> None:
+        with self._lock:
+            for p in partitions:
+                self.partitions.pop(p, None)
+
+    def _partition(self, p: int) -> PartitionQuality:
+        state = self.partitions.get(p)
+        if state is None:
+            pending = {}
+            for name, spec in self.specs.items():
+                columns: dict[str, type] = {"score": np.float64, "cls": np.int32}
+                columns |= {f"key{i}": np.int32 for i in range(1 + len(spec.slices))}
+                pending[name] = PendingPredictions(columns)
+            state = self.partitions[p] = PartitionQuality(pending)
+        return state
+
+    # -- the batch ----------------------------------------------------------------------
+    def apply(self, predictions: list[Prediction], labels: list[Label]) -> list[ConceptAlarm]:
+        """Store predictions, join labels, update windows; return concept-drift alarms."""
+        by_partition: dict[int, tuple[list[Prediction], list[Label]]] = {}
+        for p in predictions:
+            by_partition.setdefault(p.partition, ([], []))[0].append(p)
+        for lb in labels:
+            by_partition.setdefault(lb.partition, ([], []))[1].append(lb)
+        alarms: list[ConceptAlarm] = []
+        with self._lock:
+            for partition, (preds, labs) in sorted(by_partition.items()):
+                state = self._partition(partition)
+                held = self._store(state, preds)
+                alarms += self._join(state, held + labs)
+                self._expire(state)
+        return alarms
+
+    def _store(self, state: PartitionQuality, predictions: list[Prediction]) -> list[Label]:
+        """Add predictions to the pending store; return the early labels now matched."""
+        matched: list[Label] = []
+        by_model: dict[str, list[Prediction]] = defaultdict(list)
+        for p in predictions:
+            by_model[p.model].append(p)
+        for name, group in by_model.items():
+            spec, store = self.specs[name], state.pending[name]
+            slice_values = self.slicers[name].codes(group)
+            kept: list[int] = []
+            key_columns: list[list[int]] = [[] for _ in range(1 + len(spec.slices))]
+            for i, p in enumerate(group):
+                keys = [self.keys.code((name, p.model_version, ALL))]
+                keys += [
+                    self.keys.code((name, p.model_version, column[i]))
+                    for s, column in zip(spec.slices, slice_values, strict=True)
+                ]
+                values: dict[str, float | int] = {f"key{j}": k for j, k in enumerate(keys)}
+                if spec.task == "multiclass":
+                    values["cls"] = self._class(name, str(p.prediction))
+                else:
+                    values["score"] = float(p.prediction)
+                if not store.add(p.prediction_id, p.timestamp, values):
+                    self.duplicate_predictions[name] += 1
+                    continue
+                state.prediction_watermark = max(state.prediction_watermark, p.timestamp)
+                kept.append(i)
+                for j, k in enumerate(keys):
+                    key_columns[j].append(k)
+                waiting = state.early.pop(p.prediction_id, None)
+                if waiting is not None:
+                    matched.append(Label(p.prediction_id, waiting[0], waiting[1], p.partition, -1))
+            if spec.task == "binary" and kept:
+                scores = np.array([float(group[i].prediction) for i in kept])
+                times = np.array([group[i].timestamp for i in kept])
+                threshold = self.settings.threshold
+
+                def estimate(
+                    rows: IntArray, s: FloatArray = scores, t: float = threshold
+                ) -> Counts:
+                    # scores taken as calibrated probabilities (see docs/quality.md)
+                    return estimated_counts(s[rows], s[rows], t)
+
+                for column in key_columns:
+                    self._update(state.estimates, np.array(column), times, estimate)
+        return matched
+
+    def _class(self, model: str, name: str) -> int:
+        classes = self.classes[model]
+        code = classes.get(name)
+        if code is None:
+            code = min(len(classes), MAX_CLASSES - 1)
+            if code < MAX_CLASSES - 1:
+                classes[name] = code
+        return code
+
+    def _update(
+        self,
+        table: dict[int, Windows],
+        keys: IntArray,
+        times: FloatArray,
+        counts: Callable[[IntArray], Counts],
+    ) -> dict[int, IntArray]:
+        """Add each key's rows to its windows; return the rows per key."""
+        groups: dict[int, IntArray] = {}
+        for key in np.unique(keys):
+            rows = np.flatnonzero(keys == key)
+            groups[int(key)] = rows
+            windows = table.get(int(key))
+            if windows is None:
+                windows = table[int(key)] = [_new_window(w) for w in self.settings.windows]
+            whole = counts(rows)
+            for window in windows:
+                if isinstance(window, CountWindow):
+                    window.add(whole)  # type: ignore[arg-type]
+                    continue
+                buckets = window.bucket_of(times[rows])
+                newest = float(times[rows].max())
+                for bucket in np.unique(buckets):
+                    part = (
+                        whole if len(np.unique(buckets)) == 1 else counts(rows[buckets == bucket])
+                    )
+                    window.add(int(bucket), part, newest)  # type: ignore[arg-type]
+        return groups
+
+    def _join(self, state: PartitionQuality, labels: list[Label]) -> list[ConceptAlarm]:
+        found: dict[str, list[tuple[int, float, float | str, float]]] = defaultdict(list)
+        for lb in labels:
+            state.label_watermark = max(state.label_watermark, lb.timestamp)
+            for name, store in state.pending.items():
+                taken = store.take(lb.prediction_id)
+                if taken is not None:
+                    found[name].append((taken[0], taken[1], lb.label, lb.timestamp))
+                    break
+            else:
+                if lb.prediction_id in state.early:
+                    self.duplicate_labels += 1  # the first label waiting for it wins
+                else:
+                    state.early[lb.prediction_id] = (lb.label, lb.timestamp)
+        alarms: list[ConceptAlarm] = []
+        for name, pairs in found.items():
+            alarms += self._score(state, name, state.pending[name], pairs)
+        return alarms
+
+    def _score(
+        self,
+        state: PartitionQuality,
+        name: str,
+        store: PendingPredictions,
+        pairs: list[tuple[int, float, float | str, float]],
+    ) -> list[ConceptAlarm]:
+        spec = self.specs[name]
+        slots = np.array([slot for slot, *_ in pairs], dtype=np.int64)
+        times = np.array([t for _, t, _, _ in pairs])
+        label_times = np.array([lt for *_, lt in pairs])
+        labels = [label for _, _, label, _ in pairs]
+        keys = [store.columns[f"key{j}"][slots] for j in range(1 + len(spec.slices))]
+        for key, delay in zip(keys[0].tolist(), (label_times - times).tolist(), strict=True):
+            self._delays.append((name, delay))
+            self.joined[self.keys.names[key][:2]] += 1
+        threshold = self.settings.threshold
+        if spec.task == "binary":
+            scores = store.columns["score"][slots]
+            positive = np.array([_positive(v, spec) for v in labels])
+            errors = ((scores >= threshold) != positive).astype(np.float64)
+
+            def counts(rows: IntArray) -> Counts:
+                return binary_counts(scores[rows], positive[rows], threshold) + _prefixed(
+                    estimated_counts(scores[rows], scores[rows], threshold)
+                )
+        elif spec.task == "regression":
+            values = store.columns["score"][slots]
+            actual = np.array([float(v) if not isinstance(v, str) else np.nan for v in labels])
+            errors = np.abs(values - actual)
+
+            def counts(rows: IntArray) -> Counts:
+                return regression_counts(values[rows], actual[rows])
+        else:
+            predicted = store.columns["cls"][slots].astype(np.int64)
+            actual_cls = np.array([self._class(name, _class_name(v)) for v in labels])
+            errors = (predicted != actual_cls).astype(np.float64)
+
+            def counts(rows: IntArray) -> Counts:
+                return multiclass_counts(predicted[rows], actual_cls[rows], MAX_CLASSES)
+
+        alarms = []
+        for column in keys:
+            for key, rows in self._update(state.windows, column, times, counts).items():
+                self.totals[key] = self.totals.get(key, Counts()) + counts(rows)
+                alarms += self._concept(state, key, errors[rows], label_times[rows], spec)
+        return alarms
+
+    def _concept(
+        self,
+        state: PartitionQuality,
+        key: int,
+        errors: FloatArray,
+        times: FloatArray,
+        spec: ModelSpec,
+    ) -> list[ConceptAlarm]:
+        model, version, slice_name = self.keys.names[key]
+        if slice_name.endswith(OTHER):
+            return []  # an overflow bucket mixes many segments: no concept detector
+        name = (
+            self.settings.regression_detector
+            if spec.task == "regression"
+            else self.settings.concept_detector
+        )
+        detector = state.detectors.get(key)
+        if detector is None:
+            detector = state.detectors[key] = _river(name)
+        alarms = []
+        for error, t in zip(errors.tolist(), times.tolist(), strict=True):
+            if np.isnan(error):
+                continue
+            detector.update(error if spec.task == "regression" else bool(error))
+            if detector.drift_detected:
+                self.concept_alarms[(model, version, slice_name, name)] += 1
+                alarms.append(ConceptAlarm(model, version, slice_name, name, t))
+        return alarms
+
+    def _expire(self, state: PartitionQuality) -> None:
+        for _name, store in state.pending.items():
+            for slot in store.expire(state.label_watermark - self.ttl).tolist():
+                model, version, _ = self.keys.names[int(store.columns["key0"][slot])]
+                self.expired[(model, version)] += 1
+        limit = state.prediction_watermark - self.hold
+        stale = [pid for pid, (_, t) in state.early.items() if t < limit]
+        for pid in stale:
+            del state.early[pid]
+        self.unmatched_labels += len(stale)
+
+    def take_label_delays(self) -> list[tuple[str, float]]:
+        """(model, label time - prediction time) of the pairs joined since the last call."""
+        with self._lock:
+            delays, self._delays = self._delays, []
+        return delays
+
+    # -- what the exporter reads ----------------------------------------------------------
+    def snapshot(self) -> QualitySnapshot:
+        with self._lock:
+            snap = QualitySnapshot(
+                totals={self.keys.names[k]: c for k, c in self.totals.items()},
+                tasks={n: s.task for n, s in self.specs.items()},
+                pending={
+                    n: sum(len(p.pending[n]) for p in self.partitions.values()) for n in self.specs
+                },
+                expired=dict(self.expired),
+                joined=dict(self.joined),
+                unmatched_labels=self.unmatched_labels,
+                duplicate_labels=self.duplicate_labels,
+                duplicate_predictions=dict(self.duplicate_predictions),
+                overflow={
+                    (n, s.name): self.slicers[n].overflow[i]
+                    for n, spec in self.specs.items()
+                    for i, s in enumerate(spec.slices)
+                },
+                tracked={
+                    (n, s.name): len(self.slicers[n].tracked[i])
+                    for n, spec in self.specs.items()
+                    for i, s in enumerate(spec.slices)
+                },
+                concept_alarms=dict(self.concept_alarms),
+            )
+            for code, key in enumerate(self.keys.names):
+                self._window_scores(code, key, snap)
+            return snap
+
+    def _window_scores(self, code: int, key: SliceKey, snap: QualitySnapshot) -> None:
+        task = self.specs[key[0]].task
+        minimum = self.settings.min_window_events
+        for w, spec in enumerate(self.settings.windows):
+            total: Counts = Counts()
+            estimate: Counts = Counts()
+            for state in self.partitions.values():
+                if code in state.windows:
+                    total = total + state.windows[code][w].total  # type: ignore[operator]
+                if code in state.estimates:
+                    estimate = estimate + state.estimates[code][w].total  # type: ignore[operator]
+            if total.events >= minimum:
+                realized = _scores(task, total)
+                snap.scores += [
+                    (*key, n, spec.name, v) for n, v in realized.items() if np.isfinite(v)
+                ]
+                if task == "binary":
+                    on_labelled = estimated_scores(_unprefixed(total))
+                    snap.estimate_error += [
+                        (*key, n, spec.name, on_labelled[n] - realized[n])
+                        for n in on_labelled
+                        if np.isfinite(on_labelled[n] - realized[n])
+                    ]
+            if task == "binary" and estimate.events >= minimum:
+                snap.estimated += [
+                    (*key, n, spec.name, v)
+                    for n, v in estimated_scores(estimate).items()
+                    if np.isfinite(v)
+                ]
+
+
+def _scores(task: str, counts: Counts) -> dict[str, float]:
+    if task == "binary":
+        return binary_scores(counts)
+    if task == "regression":
+        return regression_scores(counts)
+    return multiclass_scores(counts)
+
+
+def _prefixed(counts: Counts) -> Counts:
+    return Counts(0, {f"est_{k}": v for k, v in counts.arrays.items()})
+
+
+def _unprefixed(counts: Counts) -> Counts:
+    return Counts(
+        counts.events,
+        {k.removeprefix("est_"): v for k, v in counts.arrays.items() if k.startswith("est_")},
+    )
+
+
+def _positive(label: float | str, spec: ModelSpec) -> bool:
+    if isinstance(label, str):
+        return label in spec.positive_labels
+    return label >= 0.5
+
+
+def _class_name(label: float | str) -> str:
+    if isinstance(label, float) and label.is_integer():
+        return str(int(label))
+    return str(label)

@@ -1,0 +1,209 @@
+"""The label side through the public interface: Quality.apply, then its snapshot."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+from sklearn import metrics
+
+from streamwatch.config import parse_settings
+from streamwatch.decode import Label, Prediction
+from streamwatch.exporter import QualityCollector
+from streamwatch.quality import Quality
+
+T0 = 1_790_000_000.0
+
+
+def settings(**overrides: Any) -> Any:
+    config: dict[str, Any] = {
+        "models": [
+            {
+                "name": "m",
+                "task": "binary",
+                "features": [{"name": "x", "type": "numeric"}],
+                "slices": [{"name": "country", "keys": ["country"], "max_values": 3}],
+            }
+        ],
+        "labels": {"ttl_seconds": 3600, "early_hold_seconds": 60},
+        "quality": {"windows": [{"events": 400}, {"seconds": 3600}], "min_window_events": 10},
+    }
+    config.update(overrides)
+    return parse_settings(config)
+
+
+def pred(
+    i: int,
+    score: float,
+    country: str = "DE",
+    t: float | None = None,
+    task_value: Any = None,
+    partition: int = 0,
+) -> Prediction:
+    return Prediction(
+        f"p{i}",
+        "m",
+        "v1",
+        T0 + i if t is None else t,
+        {"x": 1.0},
+        score if task_value is None else task_value,
+        None,
+        None,
+        {"country": country},
+        partition,
+        i,
+    )
+
+
+def lab(i: int, value: float | str, t: float | None = None, partition: int = 0) -> Label:
+    return Label(f"p{i}", value, T0 + i + 600 if t is None else t, partition, i)
+
+
+def scores(q: Quality, slice_name: str = "__all__", window: str = "events_400") -> dict[str, float]:
+    return {s: v for (_, _, sl, s, w, v) in q.snapshot().scores if sl == slice_name and w == window}
+
+
+def test_late_and_out_of_order_labels_give_the_scores_of_scikit_learn() -> None:
+    q = Quality(settings())
+    rng = np.random.default_rng(0)
+    n = 300
+    s = rng.random(n)
+    y = rng.random(n) < s
+    q.apply([pred(i, float(s[i])) for i in range(n)], [])
+    order = rng.permutation(n)  # labels arrive shuffled, minutes later
+    for chunk in np.array_split(order, 7):
+        q.apply([], [lab(int(i), float(y[i])) for i in chunk])
+    got = scores(q)
+    assert got["accuracy"] == pytest.approx(metrics.accuracy_score(y, s >= 0.5))
+    assert got["f1"] == pytest.approx(metrics.f1_score(y, s >= 0.5))
+    assert got["brier"] == pytest.approx(metrics.brier_score_loss(y, s))
+    assert got["log_loss"] == pytest.approx(metrics.log_loss(y, s))
+    assert abs(got["roc_auc"] - metrics.roc_auc_score(y, s)) < 0.02
+    snap = q.snapshot()
+    assert snap.joined == {("m", "v1"): n}
+    assert snap.pending == {"m": 0}
+    assert scores(q, window="1h")["accuracy"] == got["accuracy"]
+
+
+def test_a_label_before_its_prediction_waits_and_then_joins() -> None:
+    q = Quality(settings())
+    q.apply([], [lab(1, 1.0, t=T0)])
+    q.apply([pred(1, 0.9, t=T0 + 1)], [])
+    assert q.snapshot().joined == {("m", "v1"): 1}
+
+
+def test_duplicates_count_once_and_unknown_labels_expire_unmatched() -> None:
+    q = Quality(settings())
+    q.apply([pred(1, 0.9), pred(1, 0.1)], [])  # the second prediction with that id: ignored
+    q.apply([], [lab(1, 1.0), lab(1, 0.0)])  # first label wins; the repeat waits...
+    q.apply([], [lab(2, 1.0), lab(2, 1.0)])  # two labels for an id never predicted
+    # ...until predictions move past the early hold
+    q.apply([pred(10, 0.5, t=T0 + 2000)], [])
+    snap = q.snapshot()
+    assert snap.joined == {("m", "v1"): 1}
+    assert snap.duplicate_predictions == {"m": 1}
+    assert snap.duplicate_labels == 1  # p2's second label, while the first was waiting
+    assert snap.unmatched_labels == 2  # p1's repeat and p2's first label
+    assert snap.totals[("m", "v1", "__all__")].get("cells").tolist() == [1, 0, 0, 0]
+
+
+def test_predictions_without_labels_expire_after_the_ttl() -> None:
+    q = Quality(settings())
+    q.apply([pred(i, 0.5) for i in range(5)], [])
+    q.apply([pred(5, 0.5, t=T0 + 4000)], [lab(5, 1.0, t=T0 + 4000 + 10)])  # labels at +1h
+    snap = q.snapshot()
+    assert snap.expired == {("m", "v1"): 5}
+    assert snap.pending == {"m": 0}
+
+
+def test_a_degraded_slice_drops_more_than_the_whole() -> None:
+    q = Quality(settings(quality={"windows": [{"events": 5000}], "min_window_events": 10}))
+    rng = np.random.default_rng(1)
+    n = 4000
+    countries = np.where(rng.random(n) < 0.05, "IS", "DE")
+    s = rng.random(n)
+    y = rng.random(n) < s
+    bad = (countries == "IS") & (np.arange(n) >= 2000)
+    y[bad] = ~(s[bad] >= 0.5)  # after event 2000 the model is always wrong in Iceland
+    q.apply([pred(i, float(s[i]), str(countries[i])) for i in range(n)], [])
+    q.apply([], [lab(i, float(y[i])) for i in range(n)])
+    whole = scores(q, window="events_5000")["accuracy"]
+    iceland = scores(q, "country=IS", "events_5000")["accuracy"]
+    germany = scores(q, "country=DE", "events_5000")["accuracy"]
+    assert iceland < germany - 0.2
+    assert germany - whole < 0.05
+    assert q.snapshot().concept_alarms.get(("m", "v1", "country=IS", "adwin"), 0) >= 1
+
+
+def test_slice_cardinality_is_bounded_and_the_overflow_counted() -> None:
+    q = Quality(settings())
+    registry = CollectorRegistry()
+    registry.register(QualityCollector(q))
+    n = 20_000
+    q.apply([pred(i, 0.7, country=f"c{i}") for i in range(n)], [])
+    q.apply([], [lab(i, 1.0) for i in range(n)])
+    samples = [s for m in registry.collect() for s in m.samples]
+    slices = {
+        s.labels["slice"] for s in samples if "model_version" in s.labels and "slice" in s.labels
+    }
+    assert slices == {"__all__", "country=c0", "country=c1", "country=c2", "country:__other__"}
+    assert (
+        registry.get_sample_value(
+            "streamwatch_slice_overflow_total", {"model": "m", "slice": "country"}
+        )
+        == n - 3
+    )
+    assert (
+        registry.get_sample_value("streamwatch_slice_values", {"model": "m", "slice": "country"})
+        == 3
+    )
+
+
+def test_regression_and_multiclass_models() -> None:
+    q = Quality(
+        parse_settings(
+            {
+                "models": [
+                    {
+                        "name": "eta",
+                        "task": "regression",
+                        "features": [{"name": "x", "type": "numeric"}],
+                    },
+                    {
+                        "name": "intent",
+                        "task": "multiclass",
+                        "features": [{"name": "x", "type": "numeric"}],
+                    },
+                ],
+                "quality": {"windows": [{"events": 100}], "min_window_events": 1},
+            }
+        )
+    )
+    preds = [
+        Prediction(f"r{i}", "eta", "1", T0 + i, {"x": 1.0}, float(i), None, None, {}, 0, i)
+        for i in range(10)
+    ]
+    preds += [
+        Prediction(
+            f"c{i}", "intent", "1", T0 + i, {"x": 1.0}, ["a", "b"][i % 2], None, None, {}, 0, 10 + i
+        )
+        for i in range(10)
+    ]
+    labels = [Label(f"r{i}", float(i) + 1.0, T0 + i, 0, i) for i in range(10)]
+    labels += [Label(f"c{i}", "a", T0 + i, 0, i) for i in range(10)]
+    q.apply(preds, labels)
+    got = {(m, s): v for (m, _, sl, s, _, v) in q.snapshot().scores if sl == "__all__"}
+    assert got[("eta", "mae")] == 1.0
+    assert got[("eta", "bias")] == -1.0
+    assert got[("intent", "accuracy")] == 0.5
+
+
+def test_revoking_a_partition_drops_its_pending_predictions() -> None:
+    q = Quality(settings())
+    q.assign([0, 1])
+    q.apply([pred(1, 0.5, partition=0), pred(2, 0.5, partition=1)], [])
+    assert q.snapshot().pending == {"m": 2}
+    q.revoke([0])
+    assert q.snapshot().pending == {"m": 1}

@@ -1,0 +1,114 @@
+"""Quality scores against scikit-learn on the same data."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from sklearn import metrics
+
+from streamwatch.scores import (
+    auc_error_bound,
+    binary_counts,
+    binary_scores,
+    estimated_counts,
+    estimated_scores,
+    multiclass_counts,
+    multiclass_scores,
+    regression_counts,
+    regression_scores,
+)
+
+probabilities = hnp.arrays(np.float64, st.integers(2, 300), elements=st.floats(0, 1))
+
+
+@given(probabilities, st.data())
+def test_binary_scores_equal_scikit_learn(scores: np.ndarray, data: st.DataObject) -> None:
+    y = data.draw(hnp.arrays(bool, len(scores)))
+    ours = binary_scores(binary_counts(scores, y, 0.5))
+    predicted = scores >= 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert ours["accuracy"] == pytest.approx(metrics.accuracy_score(y, predicted))
+        assert ours["precision"] == pytest.approx(
+            metrics.precision_score(y, predicted, zero_division=0)
+        )
+        assert ours["recall"] == pytest.approx(metrics.recall_score(y, predicted, zero_division=0))
+        assert ours["f1"] == pytest.approx(metrics.f1_score(y, predicted, zero_division=0))
+        assert ours["brier"] == pytest.approx(metrics.brier_score_loss(y, scores))
+        clipped = np.clip(scores, 1e-15, 1 - 1e-15)
+        assert ours["log_loss"] == pytest.approx(
+            metrics.log_loss(y, clipped, labels=[False, True]), rel=1e-9
+        )
+    if y.all() or not y.any():
+        assert np.isnan(ours["roc_auc"])
+    else:
+        counts = binary_counts(scores, y, 0.5)
+        bound = auc_error_bound(counts.get("hist_pos"), counts.get("hist_neg"))
+        assert abs(ours["roc_auc"] - metrics.roc_auc_score(y, scores)) <= bound + 1e-12
+
+
+def test_auc_is_close_on_a_realistic_model() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.random(20_000) < 0.3
+    scores = 1 / (1 + np.exp(-(rng.normal(size=20_000) + 1.5 * y - 1)))
+    counts = binary_counts(scores, y, 0.5)
+    assert abs(binary_scores(counts)["roc_auc"] - metrics.roc_auc_score(y, scores)) < 0.005
+    assert auc_error_bound(counts.get("hist_pos"), counts.get("hist_neg")) < 0.02
+
+
+def test_expected_calibration_error() -> None:
+    scores = np.array([0.05, 0.15, 0.15, 0.95])
+    y = np.array([False, True, False, True])
+    # bins: [0,.1): 0.05 vs 0 -> 0.05; [.1,.2): 0.3 vs 1 -> 0.7; [.9,1): 0.95 vs 1 -> 0.05
+    assert binary_scores(binary_counts(scores, y, 0.5))["ece"] == pytest.approx(0.8 / 4)
+
+
+@given(hnp.arrays(np.float64, st.integers(1, 200), elements=st.floats(-1e3, 1e3)), st.data())
+def test_regression_scores_equal_scikit_learn(predictions: np.ndarray, data: st.DataObject) -> None:
+    labels = data.draw(hnp.arrays(np.float64, len(predictions), elements=st.floats(-1e3, 1e3)))
+    ours = regression_scores(regression_counts(predictions, labels))
+    assert ours["mae"] == pytest.approx(metrics.mean_absolute_error(labels, predictions))
+    assert ours["rmse"] == pytest.approx(
+        np.sqrt(metrics.mean_squared_error(labels, predictions)), abs=1e-9
+    )
+    assert ours["bias"] == pytest.approx(np.mean(predictions - labels), abs=1e-9)
+
+
+@given(st.lists(st.tuples(st.integers(0, 4), st.integers(0, 4)), min_size=1, max_size=200))
+def test_multiclass_scores_equal_scikit_learn(pairs: list[tuple[int, int]]) -> None:
+    predicted = np.array([p for p, _ in pairs])
+    actual = np.array([a for _, a in pairs])
+    ours = multiclass_scores(multiclass_counts(predicted, actual, 5))
+    assert ours["accuracy"] == pytest.approx(metrics.accuracy_score(actual, predicted))
+    for name, fn in (
+        ("precision", metrics.precision_score),
+        ("recall", metrics.recall_score),
+        ("f1", metrics.f1_score),
+    ):
+        assert ours[name] == pytest.approx(
+            fn(actual, predicted, average="macro", zero_division=0)
+        ), name
+
+
+def test_windows_add_and_subtract_counts_exactly() -> None:
+    rng = np.random.default_rng(1)
+    scores, y = rng.random(1000), rng.random(1000) < 0.4
+    a, b = binary_counts(scores[:600], y[:600], 0.5), binary_counts(scores[600:], y[600:], 0.5)
+    whole = binary_counts(scores, y, 0.5)
+    assert binary_scores(a + b) == pytest.approx(binary_scores(whole))
+    assert binary_scores(whole - a) == pytest.approx(binary_scores(b))
+
+
+def test_estimate_matches_reality_on_calibrated_scores() -> None:
+    rng = np.random.default_rng(2)
+    scores = rng.beta(2, 5, 200_000)
+    y = rng.random(200_000) < scores  # calibrated: P(y | score) = score
+    realized = binary_scores(binary_counts(scores, y, 0.5))
+    estimated = estimated_scores(estimated_counts(scores, scores, 0.5))
+    for name in ("accuracy", "precision", "recall", "f1", "roc_auc"):
+        assert estimated[name] == pytest.approx(realized[name], abs=0.01), name
