@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from river import drift
 
 from streamwatch.config import ModelSpec, QualitySettings, Settings, WindowSpec
 from streamwatch.decode import Label, Prediction
@@ -82,8 +83,6 @@ def _new_window(spec: WindowSpec) -> CountWindow | TimeWindow:
 
 
 def _river(name: str) -> Any:
-    from river import drift
-
     factories: dict[str, Callable[[], Any]] = {
         "ddm": drift.binary.DDM,
         "eddm": drift.binary.EDDM,

@@ -168,7 +168,7 @@ class WorkerProcess:
 
     def get(self, path: str) -> tuple[int, str]:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=10) as r:
                 return r.status, r.read().decode()
         except urllib.error.HTTPError as error:
             return error.code, error.read().decode()
@@ -194,8 +194,8 @@ class WorkerProcess:
             try:
                 if condition():
                     return
-            except (urllib.error.URLError, ConnectionError):
-                pass  # not listening yet
+            except OSError:
+                pass  # not listening yet (URLError, refused, timed out)
             time.sleep(0.1)
         raise AssertionError(f"condition not met within {timeout}s; worker log:\n{self.output()}")
 
