@@ -14,82 +14,116 @@ Rules:
 * a label whose prediction never arrives (or expired) is counted as unknown;
 * a prediction without a label after the TTL is counted as expired unlabelled.
 
-The store keeps one dict entry per pending id (``str -> slot``: atomic keys and values, so
-the cyclic garbage collector never scans it) and the rest in flat numpy arrays.
+The store keeps one dict entry per pending id (a 64-bit hash of the id -> its slot: atomic
+keys and values, so the cyclic garbage collector never scans it) and the rest in flat
+numpy arrays.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from streamwatch.statistics import IntArray
+from streamwatch.statistics import FloatArray, IntArray
+
+_KEY_MASK = (1 << 60) - 1  # 60 bits: a Python int of 32 bytes, not 36
+
+
+def id_hash(prediction_id: str) -> int:
+    """A stable 60-bit key for a prediction id (BLAKE2b): the same in every process, so a
+    restored store matches; among n pending ids a collision has probability about
+    n^2 / 2^61 (4 * 10^-7 at a million)."""
+    digest = hashlib.blake2b(prediction_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & _KEY_MASK
 
 
 class PendingPredictions:
-    """Predictions waiting for labels: ``id -> slot`` in a dict, everything else in
-    per-slot numpy columns (the schema is given at construction)."""
+    """Predictions waiting for labels: ``id hash -> slot`` in a dict (int keys and values:
+    no object the garbage collector tracks), everything else in per-slot numpy columns; free
+    slots on a numpy stack. The schema of the columns is given at construction."""
 
     def __init__(self, columns: dict[str, type], capacity: int = 1024) -> None:
         self.capacity = capacity
-        self.slots: dict[str, int] = {}
+        self.slots: dict[int, int] = {}
         self.timestamps = np.full(capacity, np.inf)
+        self.hashes = np.zeros(capacity, dtype=np.uint64)
         self.columns: dict[str, npt.NDArray[Any]] = {
             name: np.zeros(capacity, dtype=dtype) for name, dtype in columns.items()
         }
-        self._ids: list[str | None] = [None] * capacity
-        self._free = list(range(capacity - 1, -1, -1))
+        self._free = np.arange(capacity - 1, -1, -1, dtype=np.int32)
+        self._top = capacity  # free slots are self._free[:self._top]
 
     def __len__(self) -> int:
         return len(self.slots)
 
-    def _grow(self) -> None:
+    def _grow(self, needed: int) -> None:
         old = self.capacity
-        self.capacity *= 2
-        self.timestamps = np.concatenate([self.timestamps, np.full(old, np.inf)])
+        while self.capacity - len(self.slots) < needed:
+            self.capacity += max(self.capacity // 2, 1024)
+        extra = self.capacity - old
+        self.timestamps = np.concatenate([self.timestamps, np.full(extra, np.inf)])
+        self.hashes = np.concatenate([self.hashes, np.zeros(extra, dtype=np.uint64)])
         for name, column in self.columns.items():
-            self.columns[name] = np.concatenate([column, np.zeros(old, dtype=column.dtype)])
-        self._ids.extend([None] * old)
-        self._free.extend(range(self.capacity - 1, old - 1, -1))
+            self.columns[name] = np.concatenate([column, np.zeros(extra, dtype=column.dtype)])
+        free = np.concatenate(
+            [np.arange(self.capacity - 1, old - 1, -1, dtype=np.int32), self._free[: self._top]]
+        )
+        self._free = np.concatenate([free, np.zeros(extra, dtype=np.int32)])
+        self._top = len(free)
 
-    def add(self, prediction_id: str, timestamp: float, values: dict[str, float | int]) -> bool:
-        """Store a prediction; False (and nothing stored) if its id is already waiting."""
-        if prediction_id in self.slots:
-            return False
-        if not self._free:
-            self._grow()
-        slot = self._free.pop()
-        self.slots[prediction_id] = slot
-        self.timestamps[slot] = timestamp
-        for name, value in values.items():
-            self.columns[name][slot] = value
-        self._ids[slot] = prediction_id
-        return True
+    def add_many(
+        self, keys: list[int], timestamps: FloatArray, columns: dict[str, npt.NDArray[Any]]
+    ) -> npt.NDArray[np.bool_]:
+        """Store a batch; the mask says which were stored (a key already waiting, or twice
+        in the batch, is not)."""
+        added = np.zeros(len(keys), dtype=bool)
+        if self._top < len(keys):
+            self._grow(len(keys))
+        start = self._top
+        slots = self._free[start - len(keys) : start][::-1]
+        used = 0
+        table = self.slots
+        chosen = np.empty(len(keys), dtype=np.int64)
+        for i, key in enumerate(keys):  # one dict operation per prediction
+            if key in table:
+                continue
+            slot = int(slots[used])
+            table[key] = slot
+            chosen[used] = slot
+            added[i] = True
+            used += 1
+        self._top = start - used
+        taken = chosen[:used]
+        self.timestamps[taken] = timestamps[added]
+        self.hashes[taken] = np.asarray(keys, dtype=np.uint64)[added]
+        for name, values in columns.items():
+            self.columns[name][taken] = values[added]
+        return added
 
-    def take(self, prediction_id: str) -> tuple[int, float] | None:
-        """Remove a waiting prediction; return its slot (whose columns stay valid until the
-        next add) and its event time."""
-        slot = self.slots.pop(prediction_id, None)
-        if slot is None:
-            return None
-        timestamp = float(self.timestamps[slot])
-        self._release(slot)
-        return slot, timestamp
+    def take_many(self, keys: list[int]) -> tuple[npt.NDArray[np.bool_], IntArray, FloatArray]:
+        """Remove the waiting predictions of these keys: which were found, their slots
+        (whose columns stay valid until the next add) and their event times."""
+        pop = self.slots.pop
+        slots = np.array([pop(key, -1) for key in keys], dtype=np.int64)
+        found = slots >= 0
+        slots = slots[found]
+        timestamps = self.timestamps[slots].copy()
+        self._release(slots)
+        return found, slots, timestamps
 
-    def _release(self, slot: int) -> None:
-        self.timestamps[slot] = np.inf
-        self._ids[slot] = None
-        self._free.append(slot)
+    def _release(self, slots: IntArray) -> None:
+        self.timestamps[slots] = np.inf
+        self._free[self._top : self._top + len(slots)] = slots
+        self._top += len(slots)
 
     def expire(self, before: float) -> IntArray:
         """Drop every prediction older than ``before``; return their slots (valid until the
         next add)."""
         old = np.flatnonzero(self.timestamps < before)
-        for slot in old.tolist():
-            prediction_id = self._ids[slot]
-            if prediction_id is not None:
-                del self.slots[prediction_id]
-            self._release(slot)
+        for key in self.hashes[old].tolist():
+            del self.slots[key]
+        self._release(old)
         return old

@@ -27,7 +27,7 @@ from river import drift
 
 from streamwatch.config import ModelSpec, QualitySettings, Settings, WindowSpec
 from streamwatch.decode import Label, Prediction
-from streamwatch.join import PendingPredictions
+from streamwatch.join import PendingPredictions, id_hash
 from streamwatch.scores import (
     Counts,
     binary_counts,
@@ -114,7 +114,7 @@ class PartitionQuality:
     """One partition's join state, windows and detectors."""
 
     pending: dict[str, PendingPredictions]
-    early: dict[str, tuple[float | str, float]] = field(default_factory=dict)
+    early: dict[int, tuple[float | str, float]] = field(default_factory=dict)  # by id hash
     prediction_watermark: float = float("-inf")
     label_watermark: float = float("-inf")
     windows: dict[int, Windows] = field(default_factory=dict)  # by key code
@@ -160,7 +160,8 @@ class Quality:
         if state is None:
             pending = {}
             for name, spec in self.specs.items():
-                columns: dict[str, type] = {"score": np.float64, "cls": np.int32}
+                # the score (binary, regression) or the predicted class code (multiclass)
+                columns: dict[str, type] = {"value": np.float32}
                 columns |= {f"key{i}": np.int32 for i in range(1 + len(spec.slices))}
                 pending[name] = PendingPredictions(columns)
             state = self.partitions[p] = PartitionQuality(pending)
@@ -191,33 +192,36 @@ class Quality:
             by_model[p.model].append(p)
         for name, group in by_model.items():
             spec, store = self.specs[name], state.pending[name]
-            slice_values = self.slicers[name].codes(group)
-            kept: list[int] = []
-            key_columns: list[list[int]] = [[] for _ in range(1 + len(spec.slices))]
-            for i, p in enumerate(group):
-                keys = [self.keys.code((name, p.model_version, ALL))]
-                keys += [
-                    self.keys.code((name, p.model_version, column[i]))
-                    for s, column in zip(spec.slices, slice_values, strict=True)
-                ]
-                values: dict[str, float | int] = {f"key{j}": k for j, k in enumerate(keys)}
-                if spec.task == "multiclass":
-                    values["cls"] = self._class(name, str(p.prediction))
-                else:
-                    values["score"] = float(p.prediction)
-                if not store.add(p.prediction_id, p.timestamp, values):
-                    self.duplicate_predictions[name] += 1
-                    continue
-                state.prediction_watermark = max(state.prediction_watermark, p.timestamp)
-                kept.append(i)
-                for j, k in enumerate(keys):
-                    key_columns[j].append(k)
-                waiting = state.early.pop(p.prediction_id, None)
-                if waiting is not None:
-                    matched.append(Label(p.prediction_id, waiting[0], waiting[1], p.partition, -1))
-            if spec.task == "binary" and kept:
-                scores = np.array([float(group[i].prediction) for i in kept])
-                times = np.array([group[i].timestamp for i in kept])
+            versions = [p.model_version for p in group]
+            key_columns = [self._codes(name, versions, [ALL] * len(group))]
+            key_columns += [
+                self._codes(name, versions, column) for column in self.slicers[name].columns(group)
+            ]
+            columns: dict[str, Any] = {f"key{j}": codes for j, codes in enumerate(key_columns)}
+            if spec.task == "multiclass":
+                columns["value"] = np.array(
+                    [self._class(name, str(p.prediction)) for p in group], dtype=np.float32
+                )
+            else:
+                columns["value"] = np.array([float(p.prediction) for p in group])
+            times = np.array([p.timestamp for p in group])
+            keys = [id_hash(p.prediction_id) for p in group]
+            added = store.add_many(keys, times, columns)
+            self.duplicate_predictions[name] += int((~added).sum())
+            if not added.any():
+                continue
+            state.prediction_watermark = max(state.prediction_watermark, float(times.max()))
+            if state.early:  # labels that came first
+                for i in np.flatnonzero(added).tolist():
+                    waiting = state.early.pop(keys[i], None)
+                    if waiting is not None:
+                        p = group[i]
+                        matched.append(
+                            Label(p.prediction_id, waiting[0], waiting[1], p.partition, -1)
+                        )
+            if spec.task == "binary":
+                kept = np.flatnonzero(added)
+                scores, kept_times = columns["value"][kept], times[kept]
                 threshold = self.settings.threshold
 
                 def estimate(
@@ -226,9 +230,20 @@ class Quality:
                     # scores taken as calibrated probabilities (see docs/quality.md)
                     return estimated_counts(s[rows], s[rows], t)
 
-                for column in key_columns:
-                    self._update(state.estimates, np.array(column), times, estimate)
+                for codes in key_columns:
+                    self._update(state.estimates, codes[kept], kept_times, estimate)
         return matched
+
+    def _codes(self, model: str, versions: list[str], slices: list[str]) -> IntArray:
+        """Key codes of (model, version, slice) per event, one dict lookup per distinct pair."""
+        pairs: dict[tuple[str, str], int] = {}
+        out = np.empty(len(versions), dtype=np.int64)
+        for i, pair in enumerate(zip(versions, slices, strict=True)):
+            code = pairs.get(pair)
+            if code is None:
+                code = pairs[pair] = self.keys.code((model, *pair))
+            out[i] = code
+        return out
 
     def _class(self, model: str, name: str) -> int:
         classes = self.classes[model]
@@ -261,30 +276,34 @@ class Quality:
                     continue
                 buckets = window.bucket_of(times[rows])
                 newest = float(times[rows].max())
-                for bucket in np.unique(buckets):
-                    part = (
-                        whole if len(np.unique(buckets)) == 1 else counts(rows[buckets == bucket])
-                    )
-                    window.add(int(bucket), part, newest)  # type: ignore[arg-type]
+                distinct = np.unique(buckets)
+                for bucket in distinct.tolist():
+                    part = whole if len(distinct) == 1 else counts(rows[buckets == bucket])
+                    window.add(bucket, part, newest)  # type: ignore[arg-type]
         return groups
 
     def _join(self, state: PartitionQuality, labels: list[Label]) -> list[ConceptAlarm]:
-        found: dict[str, list[tuple[int, float, float | str, float]]] = defaultdict(list)
-        for lb in labels:
-            state.label_watermark = max(state.label_watermark, lb.timestamp)
-            for name, store in state.pending.items():
-                taken = store.take(lb.prediction_id)
-                if taken is not None:
-                    found[name].append((taken[0], taken[1], lb.label, lb.timestamp))
-                    break
-            else:
-                if lb.prediction_id in state.early:
-                    self.duplicate_labels += 1  # the first label waiting for it wins
-                else:
-                    state.early[lb.prediction_id] = (lb.label, lb.timestamp)
+        if not labels:
+            return []
+        state.label_watermark = max(state.label_watermark, max(lb.timestamp for lb in labels))
+        keys = [id_hash(lb.prediction_id) for lb in labels]
+        waiting = np.arange(len(labels))
         alarms: list[ConceptAlarm] = []
-        for name, pairs in found.items():
-            alarms += self._score(state, name, state.pending[name], pairs)
+        for name, store in state.pending.items():
+            found, slots, times = store.take_many([keys[i] for i in waiting.tolist()])
+            if found.any():
+                rows = waiting[found]
+                alarms += self._score(
+                    state, name, store, slots, times, [labels[i] for i in rows.tolist()]
+                )
+            waiting = waiting[~found]
+            if not len(waiting):
+                break
+        for i in waiting.tolist():  # no prediction yet: hold the label for a while
+            if keys[i] in state.early:
+                self.duplicate_labels += 1  # the first label waiting for it wins
+            else:
+                state.early[keys[i]] = (labels[i].label, labels[i].timestamp)
         return alarms
 
     def _score(
@@ -292,20 +311,21 @@ class Quality:
         state: PartitionQuality,
         name: str,
         store: PendingPredictions,
-        pairs: list[tuple[int, float, float | str, float]],
+        slots: IntArray,
+        times: FloatArray,
+        found: list[Label],
     ) -> list[ConceptAlarm]:
         spec = self.specs[name]
-        slots = np.array([slot for slot, *_ in pairs], dtype=np.int64)
-        times = np.array([t for _, t, _, _ in pairs])
-        label_times = np.array([lt for *_, lt in pairs])
-        labels = [label for _, _, label, _ in pairs]
+        label_times = np.array([lb.timestamp for lb in found])
+        labels = [lb.label for lb in found]
         keys = [store.columns[f"key{j}"][slots] for j in range(1 + len(spec.slices))]
-        for key, delay in zip(keys[0].tolist(), (label_times - times).tolist(), strict=True):
-            self._delays.append((name, delay))
-            self.joined[self.keys.names[key][:2]] += 1
+        self._delays.extend((name, d) for d in (label_times - times).tolist())
+        for key, n in zip(*np.unique(keys[0], return_counts=True), strict=True):
+            model, version, _ = self.keys.names[int(key)]
+            self.joined[(model, version)] += int(n)
         threshold = self.settings.threshold
         if spec.task == "binary":
-            scores = store.columns["score"][slots]
+            scores = store.columns["value"][slots].astype(np.float64)
             positive = np.array([_positive(v, spec) for v in labels])
             errors = ((scores >= threshold) != positive).astype(np.float64)
 
@@ -314,14 +334,14 @@ class Quality:
                     estimated_counts(scores[rows], scores[rows], threshold)
                 )
         elif spec.task == "regression":
-            values = store.columns["score"][slots]
+            values = store.columns["value"][slots].astype(np.float64)
             actual = np.array([float(v) if not isinstance(v, str) else np.nan for v in labels])
             errors = np.abs(values - actual)
 
             def counts(rows: IntArray) -> Counts:
                 return regression_counts(values[rows], actual[rows])
         else:
-            predicted = store.columns["cls"][slots].astype(np.int64)
+            predicted = store.columns["value"][slots].astype(np.int64)
             actual_cls = np.array([self._class(name, _class_name(v)) for v in labels])
             errors = (predicted != actual_cls).astype(np.float64)
 

@@ -33,7 +33,7 @@ class Slicer:
 
     def __init__(self, specs: list[SliceSpec]) -> None:
         self.specs = specs
-        self.tracked: list[dict[str, int]] = [{} for _ in specs]  # value -> code
+        self.tracked: list[dict[str, int]] = [{} for _ in specs]  # value -> order seen
         self.overflow = [0] * len(specs)
 
     def value(self, spec: SliceSpec, p: Prediction) -> str:
@@ -48,18 +48,19 @@ class Slicer:
             parts.append(f"{key}={text}")
         return ",".join(parts)
 
-    def codes(self, predictions: list[Prediction]) -> list[list[str]]:
+    def columns(self, predictions: list[Prediction]) -> list[list[str]]:
         """Per spec, each event's tracked slice value (or ``NAME:__other__``)."""
         out = []
         for i, spec in enumerate(self.specs):
             tracked = self.tracked[i]
+            other = f"{spec.name}:{OTHER}"
             column = []
-            for p in predictions:
+            for p in predictions:  # one string per event and slice spec
                 value = self.value(spec, p)
                 if value not in tracked:
                     if len(tracked) >= spec.max_values:
                         self.overflow[i] += 1
-                        value = f"{spec.name}:{OTHER}"
+                        value = other
                     else:
                         tracked[value] = len(tracked)
                 column.append(value)

@@ -141,9 +141,10 @@ def test_slice_cardinality_is_bounded_and_the_overflow_counted() -> None:
     q = Quality(settings())
     registry = CollectorRegistry()
     registry.register(QualityCollector(q))
-    n = 20_000
-    q.apply([pred(i, 0.7, country=f"c{i}") for i in range(n)], [])
-    q.apply([], [lab(i, 1.0) for i in range(n)])
+    n = 1_000_000  # distinct slice values in the input
+    for start in range(0, n, 50_000):
+        ids = range(start, start + 50_000)
+        q.apply([pred(i, 0.7, country=f"c{i}") for i in ids], [lab(i, 1.0) for i in ids])
     samples = [s for m in registry.collect() for s in m.samples]
     slices = {
         s.labels["slice"] for s in samples if "model_version" in s.labels and "slice" in s.labels
