@@ -2,13 +2,15 @@
 
 ::
 
-      Kafka: predictions ─┐                                   ┌─> dead-letter topic
-      Kafka: labels ──────┴─> source ─> decode ─┬─ rejections ┘   (+ invalid counter)
-                                                └─ records ─> monitor ─> exporter ─> /metrics
-                                                   (join: labels issue)  (detectors,   (Prometheus)
-                                                                          windows)
-      beside the loop: worker (offsets stored after a batch, checkpoint = flush → commit)
-      at the edges: config, errors, cli
+  Kafka: predictions ─┐                          ┌─> dead-letter topic, counter
+  Kafka: labels ──────┴─> source ─> decode ─┬──────┘ (rejected)
+                                            └─> records ─┬─> monitor: references, windows,
+                                                         │   drift detectors ───────┐
+                                                         └─> quality: join, slices, ├─> exporter
+                                                             scores, concept drift ─┘
+
+  beside the loop: worker (offsets stored after a batch; checkpoint = flush, then commit)
+  at the edges: config, errors, cli
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ class DemoResult:
     events: dict[str, float]
     invalid: dict[str, float]
     alarms: list[tuple[str, str, str, str, str, int]]  # m, v, signal, feature, detector, index
+    quality: list[str]  # lines about labels and quality
 
 
 def _batches(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
@@ -142,7 +143,25 @@ def _result(app: App) -> DemoResult:
         )
         for a in app.pipeline.monitor.alarm_log
     ]
-    return DemoResult(app.pipeline.processed, events, invalid, alarms)
+    return DemoResult(app.pipeline.processed, events, invalid, alarms, _quality(app))
+
+
+def _quality(app: App) -> list[str]:
+    snap = app.pipeline.quality.snapshot()
+    joined = sum(snap.joined.values())
+    lines = [
+        f"labels: {joined:,} joined to their predictions, {snap.unmatched_labels:,} "
+        f"unmatched, {sum(snap.pending.values()):,} predictions still waiting"
+    ]
+    realized = {(s, sl): v for (_, _, sl, s, w, v) in snap.scores if w == "1d"}
+    estimated = {(s, sl): v for (_, _, sl, s, w, v) in snap.estimated if w == "1d"}
+    for key in (("accuracy", "__all__"), ("roc_auc", "__all__")):
+        if key in realized and key in estimated:
+            lines.append(
+                f"  {key[0]} over the last day: {realized[key]:.3f} "
+                f"(estimated before the labels: {estimated[key]:.3f})"
+            )
+    return lines
 
 
 def summary(result: DemoResult, scenario: Scenario) -> str:
@@ -156,6 +175,7 @@ def summary(result: DemoResult, scenario: Scenario) -> str:
         f"drift injected at event {scenario.drift_at:,} "
         f"(feature 'amount': log-mean +{scenario.shift})"
     )
+    lines += result.quality
     if not result.alarms:
         lines.append("no drift alarm raised")
     first: dict[tuple[str, ...], tuple[int, int]] = {}

@@ -45,8 +45,11 @@ class PendingPredictions:
     no object the garbage collector tracks), everything else in per-slot numpy columns; free
     slots on a numpy stack. The schema of the columns is given at construction."""
 
-    def __init__(self, columns: dict[str, type], capacity: int = 1024) -> None:
+    def __init__(
+        self, columns: dict[str, type], capacity: int = 1024, min_growth: int = 1024
+    ) -> None:
         self.capacity = capacity
+        self.min_growth = min_growth
         self.slots: dict[int, int] = {}
         self.timestamps = np.full(capacity, np.inf)
         self.hashes = np.zeros(capacity, dtype=np.uint64)
@@ -62,7 +65,7 @@ class PendingPredictions:
     def _grow(self, needed: int) -> None:
         old = self.capacity
         while self.capacity - len(self.slots) < needed:
-            self.capacity += max(self.capacity // 2, 1024)
+            self.capacity += max(self.capacity // 2, self.min_growth)
         extra = self.capacity - old
         self.timestamps = np.concatenate([self.timestamps, np.full(extra, np.inf)])
         self.hashes = np.concatenate([self.hashes, np.zeros(extra, dtype=np.uint64)])
@@ -71,7 +74,7 @@ class PendingPredictions:
         free = np.concatenate(
             [np.arange(self.capacity - 1, old - 1, -1, dtype=np.int32), self._free[: self._top]]
         )
-        self._free = np.concatenate([free, np.zeros(extra, dtype=np.int32)])
+        self._free = np.concatenate([free, np.zeros(self.capacity - len(free), dtype=np.int32)])
         self._top = len(free)
 
     def add_many(

@@ -18,6 +18,7 @@ import argparse
 import gc
 import time
 import tracemalloc
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -208,18 +209,32 @@ def main() -> None:
     )
     parser.add_argument("--pending", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results.md"))
     args = parser.parse_args()
-    print("| join store | |\n| --- | --- |")
-    print("\n".join(pending_memory(args.pending)))
-    print(
-        "\n| labelled predictions, 10^6 | slice values tracked | exported series | "
-        "retained memory |\n| --- | --- | --- | --- |"
-    )
+    started = time.monotonic()
+    lines = [
+        "| join store | |",
+        "| --- | --- |",
+        *pending_memory(args.pending),
+        "",
+        "| 10^6 labelled predictions | slice values tracked | exported series | retained memory |",
+        "| --- | --- | --- | --- |",
+    ]
     for distinct in (10, 1_000_000):
         tracked, series, mib = bounded_slices(1_000_000, distinct)
-        print(f"| {distinct:,} distinct slice values | {tracked} | {series:,} | {mib:,.1f} MiB |")
-    print("\nEstimated against realized accuracy, per hour (calibrated model, drifting input):\n")
-    print("\n".join(estimate(args.seed)))
+        lines.append(
+            f"| {distinct:,} distinct slice values | {tracked} | {series:,} | {mib:,.1f} MiB |"
+        )
+    lines += [
+        "",
+        "Estimated against realized accuracy, per hour (a calibrated model whose input drifts):",
+        "",
+        *estimate(args.seed),
+    ]
+    text = "\n".join(lines)
+    args.out.write_text(text + "\n")
+    print(text)
+    print(f"({time.monotonic() - started:,.0f} s; written to {args.out})")
 
 
 if __name__ == "__main__":
