@@ -203,7 +203,9 @@ def _replay(args: argparse.Namespace) -> int:
     print(
         f"replayed {result.predictions:,} predictions ({rejected:,} rejected"
         f"{f', {result.labels:,} labels' if args.labels else ''}); "
-        f"{len(result.alarms):,} alarms -> {args.out / 'alarms.json'}, "
+        f"{len(result.alarms):,} drift alarms"
+        f"{f', {len(result.concept_alarms):,} concept drift alarms' if args.labels else ''}"
+        f" -> {args.out / 'alarms.json'}, "
         f"{args.out / 'timeline.csv'}"
     )
     first: dict[tuple[str, ...], int] = {}

@@ -137,7 +137,7 @@ class FeatureSpec(_Section):
 
 class ReferenceSpec(_Section):
     # Without a profile for a version, its reference is its first N events.
-    warmup_events: int = Field(default=1000, ge=10)
+    warmup_events: int = Field(default=10_000, ge=10)
     # Profiles from `streamwatch baseline`, one per model version (matched by their lineage).
     profiles: list[Path] = []
 

@@ -65,7 +65,7 @@ class PendingPredictions:
     def _grow(self, needed: int) -> None:
         old = self.capacity
         while self.capacity - len(self.slots) < needed:
-            self.capacity += max(self.capacity // 2, self.min_growth)
+            self.capacity += max(self.capacity // 4, self.min_growth)
         extra = self.capacity - old
         self.timestamps = np.concatenate([self.timestamps, np.full(extra, np.inf)])
         self.hashes = np.concatenate([self.hashes, np.zeros(extra, dtype=np.uint64)])

@@ -8,7 +8,9 @@ by the same decoder, sorted by event time (stable), and applied in micro-batches
   order), line number, model, version, signal, feature, detector, statistic and threshold;
 * ``timeline.csv``: every exported score and detector ratio, every ``every`` events.
 
-Labels are decoded and counted; joining them to predictions comes with the label join.
+With ``--labels``, labels join their predictions as the worker would (each label once the
+replay has reached its timestamp) and the timeline also carries the quality scores
+(``signal="quality"``, the slice in the ``feature`` column) and their estimates.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from streamwatch.config import Settings
 from streamwatch.decode import Decoder, Label, Prediction, Rejection
 from streamwatch.monitor import Alarm, Monitor
 from streamwatch.progress import Progress
+from streamwatch.quality import ConceptAlarm, Quality
 
 
 @dataclass
@@ -34,6 +37,7 @@ class ReplayResult:
     labels: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
     alarms: list[Alarm] = field(default_factory=list)
+    concept_alarms: list[ConceptAlarm] = field(default_factory=list)
     lines: dict[int, int] = field(default_factory=dict)  # event index -> line number
 
 
@@ -73,9 +77,18 @@ def run(
     result = ReplayResult()
     with predictions.open("rb") as f:
         decoded = decode_lines(decoder, f, settings.topics.predictions, False, result)
+    label_records: list[Label] = []
     if labels is not None:
         with labels.open("rb") as f:
-            result.labels = len(decode_lines(decoder, f, settings.topics.labels, True, result))
+            label_records = [
+                r
+                for _, r in decode_lines(decoder, f, settings.topics.labels, True, result)
+                if isinstance(r, Label)
+            ]
+        result.labels = len(label_records)
+        label_records.sort(key=lambda lb: lb.timestamp)
+    quality = Quality(settings)
+    next_label = 0
     decoded.sort(key=lambda item: item[1].timestamp)
     events: list[Prediction] = []
     for index, (line, record) in enumerate(decoded):
@@ -122,9 +135,19 @@ def run(
         for start in range(0, len(events), batch):
             chunk = events[start : start + batch]
             result.alarms += monitor.apply(chunk)
+            # labels join as they would have: those stamped up to this batch's newest event
+            newest = chunk[-1].timestamp
+            end = next_label
+            while end < len(label_records) and label_records[end].timestamp <= newest:
+                end += 1
+            if start + len(chunk) == len(events):
+                end = len(label_records)  # the rest of the labels, after the last prediction
+            result.concept_alarms += quality.apply(chunk, label_records[next_label:end])
+            quality.take_label_delays()
+            next_label = end
             done = start + len(chunk)
             if writer is not None and (done >= next_row or done == len(events)):
-                _timeline_rows(writer, monitor, done, chunk[-1].timestamp)
+                _timeline_rows(writer, monitor, quality, done, chunk[-1].timestamp)
                 next_row = done + every
             progress.update(done)
     finally:
@@ -134,9 +157,27 @@ def run(
     return result
 
 
-def _timeline_rows(writer: Any, monitor: Monitor, done: int, newest: float) -> None:
+def _timeline_rows(
+    writer: Any, monitor: Monitor, quality: Quality, done: int, newest: float
+) -> None:
     snap = monitor.snapshot()
     when = _iso(newest)
+    scored = quality.snapshot()
+    for kind, rows in (("", scored.scores), ("estimated_", scored.estimated)):
+        for model, version, slice_name, score, window, value in rows:
+            writer.writerow(
+                [
+                    done,
+                    when,
+                    model,
+                    version,
+                    "quality",
+                    slice_name,
+                    window,
+                    f"{kind}{score}",
+                    f"{value:.6g}",
+                ]
+            )
     for model, version, signal, feature, statistic, window, value in snap.scores:
         writer.writerow(
             [done, when, model, version, signal, feature, window, statistic, f"{value:.6g}"]

@@ -27,6 +27,7 @@ BACKTEST = [
     "demo-data/backtest",
 ]
 BENCH = ".venv/bin/python bench/detection/run.py"
+LABELS_BENCH = ".venv/bin/python bench/labels/run.py"
 
 
 def test_the_readme_shows_the_commands_this_file_runs() -> None:
@@ -40,6 +41,7 @@ def test_the_readme_shows_the_commands_this_file_runs() -> None:
         "curl -s localhost:9308/metrics",
         *BACKTEST,
         BENCH,
+        LABELS_BENCH,
     ] == COMMANDS
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert [line for line in ci if line and not line.startswith(("#", "set ", "cd "))] == [
@@ -58,6 +60,8 @@ def test_make_demo() -> None:
     assert result.returncode == 0, result.stderr
     assert "demo-predictions: 60,000 valid events" in result.stdout
     assert "ALARM fraud-detector 2026.11.1 feature=amount" in result.stdout
+    summary = result.stdout[result.stdout.index("streamwatch demo:") :].strip()
+    assert summary in README, "the README shows another demo output than the demo prints"
 
 
 def _port_open(port: int) -> bool:
@@ -158,3 +162,25 @@ def test_the_detection_benchmark_makes_the_readme_table() -> None:
     assert result.returncode == 0, result.stderr
     made = (ROOT / "bench" / "detection" / "results.md").read_text().strip()
     assert made in README, "the README's table is not what the benchmark makes now"
+
+
+def test_the_labels_benchmark_keeps_its_promises() -> None:
+    result = _run(LABELS_BENCH, timeout=1800)
+    assert result.returncode == 0, result.stderr
+    made = (ROOT / "bench" / "labels" / "results.md").read_text()
+    per_pending = int(re.search(r"\| bytes per pending prediction \| (\d+) \|", made)[1])  # type: ignore[index]
+    assert per_pending <= 150
+    slices = re.findall(
+        r"\| ([\d,]+) distinct slice values \| (\d+) \| ([\d,]+) \| ([\d.]+) MiB", made
+    )
+    (_, few_tracked, few_series, few_mib), (_, many_tracked, many_series, many_mib) = slices
+    assert int(few_tracked) == 10
+    assert int(many_tracked) == 50
+    assert int(many_series.replace(",", "")) <= int(few_series.replace(",", "")) * 1.1
+    assert float(many_mib) <= float(few_mib) * 2 + 1
+    worst = float(re.search(r"Largest error: ([\d.]+)", made)[1])  # type: ignore[index]
+    assert worst <= 0.02
+    # the seeded estimate table is the README's, row for row
+    estimate_rows = [line for line in made.splitlines() if re.match(r"\| \d \| 3,600 \|", line)]
+    assert len(estimate_rows) == 8
+    assert all(row in README for row in estimate_rows)
