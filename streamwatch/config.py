@@ -19,6 +19,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -32,6 +33,15 @@ _FIX = " | fix: "  # separates a validator's message from its hint
 
 def _problem(message: str, fix: str) -> ValueError:
     return ValueError(f"{message}{_FIX}{fix}")
+
+
+def _unique(items: list[Any], what: str) -> list[Any]:
+    """The items, if their names are unique; else a problem naming the duplicates."""
+    names = [item.name for item in items]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise _problem(f"duplicate {what} names {dupes}", f"give each {what} one entry")
+    return items
 
 
 class _Section(BaseModel):
@@ -192,23 +202,10 @@ class ModelSpec(_Section):
     # Binary models: label values that mean the positive class (numbers >= 0.5 also do).
     positive_labels: list[str] = ["1", "true", "True", "yes", "positive"]
 
-    @field_validator("slices")
+    @field_validator("slices", "features")
     @classmethod
-    def _unique_slices(cls, slices: list[SliceSpec]) -> list[SliceSpec]:
-        names = [s.name for s in slices]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise _problem(f"duplicate slice names {dupes}", "give each slice one entry")
-        return slices
-
-    @field_validator("features")
-    @classmethod
-    def _unique_features(cls, features: list[FeatureSpec]) -> list[FeatureSpec]:
-        names = [f.name for f in features]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise _problem(f"duplicate feature names {dupes}", "give each feature one entry")
-        return features
+    def _unique_names(cls, items: list[Any], info: ValidationInfo) -> list[Any]:
+        return _unique(items, (info.field_name or "").removesuffix("s"))
 
     @property
     def numeric_features(self) -> list[str]:
@@ -341,11 +338,7 @@ class Settings(BaseSettings):
     @field_validator("models")
     @classmethod
     def _unique_models(cls, models: list[ModelSpec]) -> list[ModelSpec]:
-        names = [m.name for m in models]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise _problem(f"duplicate model names {dupes}", "give each model one entry")
-        return models
+        return _unique(models, "model")
 
     @classmethod
     def settings_customise_sources(

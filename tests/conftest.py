@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,3 +40,14 @@ def kafka_bootstrap() -> Iterator[str]:
         return
     with kafka_local.LocalKafka() as broker:
         yield broker.bootstrap_servers
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """``streamwatch ARGS`` as a separate process, from the repository's root."""
+    return subprocess.run(
+        [sys.executable, "-m", "streamwatch", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,7 @@ from streamwatch.config import load_settings
 from streamwatch.errors import ConfigError
 from streamwatch.monitor import signals_of
 from streamwatch.reference import Profile
-from tests.conftest import ROOT
+from tests.conftest import run_cli
 
 MODEL: dict[str, Any] = {
     "name": "fraud",
@@ -33,16 +31,6 @@ MODEL: dict[str, Any] = {
     ],
     "reference": {"warmup_events": 3000},
 }
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "streamwatch", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-    )
 
 
 def _config(tmp_path: Path, **reference: Any) -> Path:
@@ -93,7 +81,7 @@ def test_baseline_writes_a_profile_with_lineage(tmp_path: Path, suffix: str) -> 
     config = _config(tmp_path)
     data = _write(_training_rows(3000), tmp_path / f"train{suffix}")
     out = tmp_path / "fraud-v7.profile.json"
-    result = _cli(
+    result = run_cli(
         "baseline",
         "--config",
         str(config),
@@ -135,7 +123,7 @@ def test_the_worker_judges_a_version_against_its_profile(tmp_path: Path) -> None
     data = _write(_training_rows(3000), tmp_path / "train.jsonl")
     out = tmp_path / "p.json"
     assert (
-        _cli(
+        run_cli(
             "baseline",
             "--config",
             str(_config(tmp_path)),
@@ -181,7 +169,7 @@ def test_a_profile_of_another_model_is_a_config_error(tmp_path: Path) -> None:
     data = _write(_training_rows(100), tmp_path / "train.csv")
     out = tmp_path / "p.json"
     assert (
-        _cli(
+        run_cli(
             "baseline",
             "--config",
             str(_config(tmp_path)),
@@ -201,7 +189,7 @@ def test_a_profile_of_another_model_is_a_config_error(tmp_path: Path) -> None:
     out.write_text(json.dumps(body))
     with pytest.raises(ConfigError, match=r"models\.0\.reference\.profiles\.0"):
         build(load_settings(_config(tmp_path, profiles=[str(out)])))
-    result = _cli("check-config", str(_config(tmp_path, profiles=[str(tmp_path / "nope.json")])))
+    result = run_cli("check-config", str(_config(tmp_path, profiles=[str(tmp_path / "nope.json")])))
     assert result.returncode == 2
     assert "models.0.reference.profiles" in result.stderr
 
@@ -241,7 +229,7 @@ def test_replay_backtests_a_recorded_day(tmp_path: Path) -> None:
     labels_file = tmp_path / "labels.jsonl"
     labels_file.write_bytes(b"\n".join(labels) + b"\n")
     out = tmp_path / "backtest"
-    result = _cli(
+    result = run_cli(
         "replay",
         "--config",
         str(_config(tmp_path)),

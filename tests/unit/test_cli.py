@@ -11,35 +11,25 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 import streamwatch
-from tests.conftest import ROOT, free_port
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "streamwatch", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-    )
+from tests.conftest import ROOT, free_port, run_cli
 
 
 def test_help_explains_each_command() -> None:
-    top = _cli("--help")
+    top = run_cli("--help")
     assert top.returncode == 0
     for command in ("run", "check-config", "demo"):
         assert command in top.stdout
-        sub = _cli(command, "--help")
+        sub = run_cli(command, "--help")
         assert sub.returncode == 0
         assert "usage: streamwatch" in sub.stdout
 
 
 def test_version() -> None:
-    assert _cli("--version").stdout.strip() == f"streamwatch {streamwatch.__version__}"
+    assert run_cli("--version").stdout.strip() == f"streamwatch {streamwatch.__version__}"
 
 
 def test_demo_prints_a_summary_with_the_detection() -> None:
-    result = _cli("demo", "--events", "12000", "--drift-at", "8000")
+    result = run_cli("demo", "--events", "12000", "--drift-at", "8000")
     assert result.returncode == 0, result.stderr
     assert "demo-predictions: 12,000 valid events" in result.stdout
     assert "rejected: 12 (" in result.stdout
@@ -68,7 +58,7 @@ def test_run_refuses_a_bad_config_before_touching_kafka(tmp_path: Path) -> None:
             }
         )
     )
-    result = _cli("run", "--config", str(path))
+    result = run_cli("run", "--config", str(path))
     assert result.returncode == 2
     assert "models.0.features.0.type" in result.stderr
 
@@ -86,7 +76,7 @@ def test_run_names_an_unknown_librdkafka_property(tmp_path: Path) -> None:
             }
         )
     )
-    result = _cli("run", "--config", str(path))
+    result = run_cli("run", "--config", str(path))
     assert result.returncode == 2
     assert "kafka.properties" in result.stderr
     assert "fetch.wait.maximum" in result.stderr
