@@ -41,8 +41,9 @@ class App:
 def build(settings: Settings, registry: CollectorRegistry | None = None) -> App:
     """The pipeline and its exporter, on a private registry unless one is given."""
     registry = registry or CollectorRegistry()
-    monitor = Monitor(settings, load_profiles(settings))
-    quality = Quality(settings)
+    profiles = load_profiles(settings)
+    monitor = Monitor(settings, profiles)
+    quality = Quality(settings, profiles)
     telemetry = Telemetry(registry, (settings.topics.predictions, settings.topics.labels))
     registry.register(MonitorCollector(monitor))
     registry.register(QualityCollector(quality))

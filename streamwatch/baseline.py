@@ -21,7 +21,7 @@ from streamwatch.config import ModelSpec, Settings
 from streamwatch.errors import ConfigError, ConfigProblem, StreamwatchError
 from streamwatch.monitor import signals_of
 from streamwatch.progress import Progress
-from streamwatch.reference import Lineage, Profile, build_profile
+from streamwatch.reference import Lineage, Profile, build_profile, calibration_map
 
 
 class DataError(StreamwatchError):
@@ -113,7 +113,29 @@ def build(
         rows=len(rows),
         source=data.name,
     )
-    return build_profile(lineage, signals, columns, settings.drift.bins)
+    profile = build_profile(lineage, signals, columns, settings.drift.bins)
+    labelled = [
+        row for row in rows if row.get("label") is not None and row.get("prediction") is not None
+    ]
+    if spec.task == "binary" and labelled:
+        # labelled reference data: calibrate the quality estimate on it
+        scores = np.array([_number(row["prediction"]) for row in labelled])
+        positive = np.array([_is_positive(row["label"], spec) for row in labelled])
+        keep = ~np.isnan(scores)
+        profile.calibration = calibration_map(scores[keep], positive[keep])
+    return profile
+
+
+def _is_positive(label: Any, spec: ModelSpec) -> bool:
+    if isinstance(label, bool):
+        return label
+    if isinstance(label, int | float):
+        return float(label) >= 0.5
+    text = str(label)
+    try:
+        return float(text) >= 0.5
+    except ValueError:
+        return text in spec.positive_labels
 
 
 def load_profiles(settings: Settings) -> dict[tuple[str, str], Profile]:

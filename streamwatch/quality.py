@@ -28,6 +28,7 @@ from river import drift
 from streamwatch.config import ModelSpec, QualitySettings, Settings, WindowSpec
 from streamwatch.decode import Label, Prediction
 from streamwatch.join import PendingPredictions, id_hash
+from streamwatch.reference import Profile
 from streamwatch.scores import (
     Counts,
     binary_counts,
@@ -125,7 +126,10 @@ class PartitionQuality:
 class Quality:
     """The label side of the engine, for every configured model."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, profiles: dict[tuple[str, str], Profile] | None = None
+    ) -> None:
+        self.profiles = profiles or {}
         self.settings: QualitySettings = settings.quality
         self.ttl = settings.labels.ttl_seconds
         self.hold = settings.labels.early_hold_seconds
@@ -222,17 +226,31 @@ class Quality:
             if spec.task == "binary":
                 kept = np.flatnonzero(added)
                 scores, kept_times = columns["value"][kept], times[kept]
+                calibrated = self._calibrated(name, [versions[i] for i in kept.tolist()], scores)
                 threshold = self.settings.threshold
 
                 def estimate(
-                    rows: IntArray, s: FloatArray = scores, t: float = threshold
+                    rows: IntArray,
+                    s: FloatArray = scores,
+                    q: FloatArray = calibrated,
+                    t: float = threshold,
                 ) -> Counts:
-                    # scores taken as calibrated probabilities (see docs/quality.md)
-                    return estimated_counts(s[rows], s[rows], t)
+                    return estimated_counts(s[rows], q[rows], t)
 
                 for codes in key_columns:
                     self._update(state.estimates, codes[kept], kept_times, estimate)
         return matched
+
+    def _calibrated(self, model: str, versions: list[str], scores: FloatArray) -> FloatArray:
+        """Scores through each version's calibration map from its labelled reference, or
+        as they are (taken as calibrated probabilities) without one."""
+        out = scores.astype(np.float64)
+        for version in set(versions):
+            profile = self.profiles.get((model, version))
+            if profile is not None and profile.calibration is not None:
+                rows = np.array([v == version for v in versions])
+                out[rows] = profile.calibrate(out[rows])
+        return out
 
     def _codes(self, model: str, versions: list[str], slices: list[str]) -> IntArray:
         """Key codes of (model, version, slice) per event, one dict lookup per distinct pair."""

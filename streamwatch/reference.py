@@ -23,12 +23,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 from scipy import special
 
 from streamwatch.statistics import FloatArray, IntArray
 
 FORMAT = "streamwatch.reference"
 FORMAT_VERSION = 1
+CALIBRATION_BINS = 20
 GRID_SIZE = 1000  # quantiles kept for the normal-scores transform
 MAX_CATEGORIES = 100  # categories kept per categorical signal; the rest count as "other"
 
@@ -189,6 +191,17 @@ class Profile:
     numeric: dict[str, NumericReference]
     categorical: dict[str, CategoricalReference]
     bins: int
+    # Binary models with labelled reference data: P(label positive | score bin), for
+    # CALIBRATION_BINS equal-width score bins (used by the quality estimate).
+    calibration: list[float] | None = None
+
+    def calibrate(self, scores: FloatArray) -> FloatArray:
+        """Calibrated probabilities of scores (the scores themselves without a map)."""
+        if self.calibration is None:
+            return scores
+        rates = np.asarray(self.calibration)
+        index = np.clip((scores * len(rates)).astype(np.int64), 0, len(rates) - 1)
+        return np.asarray(rates[index], dtype=np.float64)
 
     @property
     def reference_name(self) -> str:
@@ -221,6 +234,7 @@ class Profile:
             "bins": self.bins,
             "lineage": asdict(self.lineage),
             "signals": body,
+            "calibration": self.calibration,
         }
 
     def save(self, path: Path) -> None:
@@ -249,7 +263,9 @@ class Profile:
             else:
                 fields["counts"] = np.asarray(fields["counts"], dtype=np.int64)
                 categorical[s.key] = CategoricalReference(**fields)
-        return cls(lineage, signals, numeric, categorical, int(data["bins"]))
+        return cls(
+            lineage, signals, numeric, categorical, int(data["bins"]), data.get("calibration")
+        )
 
     @classmethod
     def load(cls, path: Path, signals: list[Signal]) -> Profile:
@@ -276,3 +292,12 @@ def build_profile(
             **{**asdict(lineage), "created_at": datetime.now(UTC).isoformat(timespec="seconds")}
         )
     return Profile(lineage, signals, numeric, categorical, bins)
+
+
+def calibration_map(scores: FloatArray, positive: npt.NDArray[np.bool_]) -> list[float]:
+    """P(positive | score bin) over CALIBRATION_BINS equal-width bins, with a +1/+2
+    (Laplace) prior so that an empty bin maps to 0.5."""
+    index = np.clip((scores * CALIBRATION_BINS).astype(np.int64), 0, CALIBRATION_BINS - 1)
+    hits = np.bincount(index, weights=positive.astype(np.float64), minlength=CALIBRATION_BINS)
+    totals = np.bincount(index, minlength=CALIBRATION_BINS)
+    return [float(r) for r in (hits + 1.0) / (totals + 2.0)]

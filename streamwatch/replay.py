@@ -73,7 +73,8 @@ def run(
 ) -> ReplayResult:
     """Replay files through a monitor; write the timeline CSV if a path is given."""
     decoder = Decoder(settings)
-    monitor = monitor or Monitor(settings, load_profiles(settings))
+    profiles = load_profiles(settings)
+    monitor = monitor or Monitor(settings, profiles)
     result = ReplayResult()
     with predictions.open("rb") as f:
         decoded = decode_lines(decoder, f, settings.topics.predictions, False, result)
@@ -87,7 +88,7 @@ def run(
             ]
         result.labels = len(label_records)
         label_records.sort(key=lambda lb: lb.timestamp)
-    quality = Quality(settings)
+    quality = Quality(settings, profiles)
     next_label = 0
     decoded.sort(key=lambda item: item[1].timestamp)
     events: list[Prediction] = []

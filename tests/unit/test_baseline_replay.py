@@ -52,11 +52,18 @@ def _config(tmp_path: Path, **reference: Any) -> Path:
 def _training_rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
     rng = np.random.default_rng(seed)
     return [
-        {"amount": float(a), "age": float(b), "country": c, "prediction": float(p)}
-        for a, b, c, p in zip(
+        {
+            "amount": float(a),
+            "age": float(b),
+            "country": c,
+            "prediction": float(p),
+            "label": int(u < p),
+        }  # labelled validation data, calibrated scores
+        for a, b, c, p, u in zip(
             rng.normal(100, 15, n),
             rng.normal(40, 10, n),
             rng.choice(["DE", "FR", "US"], n),
+            rng.uniform(0, 1, n),
             rng.uniform(0, 1, n),
             strict=True,
         )
@@ -117,6 +124,11 @@ def test_baseline_writes_a_profile_with_lineage(tmp_path: Path, suffix: str) -> 
     assert sum(amount["counts"]) == 3000
     assert set(body["signals"]["feature:country"]["categories"]) == {"DE", "FR", "US"}
     assert "prediction:prediction" in body["signals"]
+    # labelled rows: a calibration map for the quality estimate, close to the identity here
+    calibration = body["calibration"]
+    assert len(calibration) == 20
+    assert abs(calibration[2] - 0.125) < 0.06
+    assert abs(calibration[17] - 0.875) < 0.06
 
 
 def test_the_worker_judges_a_version_against_its_profile(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from streamwatch.config import parse_settings
 from streamwatch.decode import Label, Prediction
 from streamwatch.exporter import QualityCollector
 from streamwatch.quality import Quality
+from streamwatch.reference import Lineage, Signal, build_profile, calibration_map
 
 T0 = 1_790_000_000.0
 
@@ -208,3 +209,35 @@ def test_revoking_a_partition_drops_its_pending_predictions() -> None:
     assert q.snapshot().pending == {"m": 2}
     q.revoke([0])
     assert q.snapshot().pending == {"m": 1}
+
+
+def test_the_estimate_calibrates_on_labelled_reference_data() -> None:
+    """A model whose scores are miscalibrated (score = p^2): with a calibration map from
+    labelled reference data the estimate finds the true accuracy; without one it cannot."""
+    rng = np.random.default_rng(3)
+    p = rng.beta(2, 2, 40_000)
+    y = rng.random(40_000) < p
+    scores = p**2
+    signals = [Signal("feature", "x", "numeric"), Signal("prediction", "prediction", "numeric")]
+    profile = build_profile(
+        Lineage("m", "v1"),
+        signals,
+        {"feature:x": np.ones(20_000), "prediction:prediction": scores[:20_000]},
+        bins=10,
+    )
+    profile.calibration = calibration_map(scores[:20_000], y[:20_000])
+    live = [pred(i, float(scores[i])) for i in range(20_000, 40_000)]
+    realized = float(np.mean((scores[20_000:] >= 0.5) == y[20_000:]))
+
+    def estimated(q: Quality) -> float:
+        q.apply(live, [])
+        return next(
+            v
+            for (_, _, sl, s, w, v) in q.snapshot().estimated
+            if sl == "__all__" and s == "accuracy" and w == "1h"
+        )
+
+    with_map = estimated(Quality(settings(), {("m", "v1"): profile}))
+    without = estimated(Quality(settings()))
+    assert abs(with_map - realized) < 0.02
+    assert abs(without - realized) > 0.05
