@@ -274,10 +274,14 @@ class DriftSettings(_Section):
                 "the first window must count events (data quality reads it)",
                 "put an {events: N} window first",
             )
-        names = [w.name for w in windows]
-        if len(set(names)) != len(names):
-            raise _problem(f"duplicate windows {names}", "list each window once")
-        return windows
+        return _distinct_windows(windows)
+
+
+def _distinct_windows(windows: list[WindowSpec]) -> list[WindowSpec]:
+    names = [w.name for w in windows]
+    if len(set(names)) != len(names):
+        raise _problem(f"duplicate windows {names}", "list each window once")
+    return windows
 
 
 class LabelSettings(_Section):
@@ -298,6 +302,12 @@ class QualitySettings(_Section):
     )
     # Below this many labelled events a window has no scores.
     min_window_events: int = Field(default=50, ge=1)
+
+    @field_validator("windows")
+    @classmethod
+    def _distinct(cls, windows: list[WindowSpec]) -> list[WindowSpec]:
+        return _distinct_windows(windows)
+
     # Binary models: a prediction is positive at or above this probability.
     threshold: float = Field(default=0.5, gt=0, lt=1)
     # river's detector on each model version's (and tracked slice's) error stream.

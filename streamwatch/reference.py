@@ -203,10 +203,6 @@ class Profile:
         index = np.clip((scores * len(rates)).astype(np.int64), 0, len(rates) - 1)
         return np.asarray(rates[index], dtype=np.float64)
 
-    @property
-    def reference_name(self) -> str:
-        return self.lineage.source
-
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {}
         for s in self.signals:

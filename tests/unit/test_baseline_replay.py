@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,26 @@ def _config(tmp_path: Path, **reference: Any) -> Path:
         )
     )
     return path
+
+
+def _baseline(
+    tmp_path: Path, data: Path, version: str, out: Path, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    """`streamwatch baseline` of model fraud on ``data``, writing ``out``."""
+    return run_cli(
+        "baseline",
+        "--config",
+        str(_config(tmp_path)),
+        "--data",
+        str(data),
+        "--model",
+        "fraud",
+        "--model-version",
+        version,
+        *extra,
+        "--out",
+        str(out),
+    )
 
 
 def _training_rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
@@ -134,24 +155,7 @@ def test_baseline_writes_a_profile_with_lineage(tmp_path: Path, suffix: str) -> 
 def test_the_worker_judges_a_version_against_its_profile(tmp_path: Path) -> None:
     data = _write(_training_rows(3000), tmp_path / "train.jsonl")
     out = tmp_path / "p.json"
-    assert (
-        run_cli(
-            "baseline",
-            "--config",
-            str(_config(tmp_path)),
-            "--data",
-            str(data),
-            "--model",
-            "fraud",
-            "--model-version",
-            "v7",
-            "--run-id",
-            "run-42",
-            "--out",
-            str(out),
-        ).returncode
-        == 0
-    )
+    assert _baseline(tmp_path, data, "v7", out, "--run-id", "run-42").returncode == 0
     settings = load_settings(_config(tmp_path, profiles=[str(out)]))
     app = build(settings)
     snap = app.pipeline.monitor.snapshot()
@@ -180,22 +184,7 @@ def test_the_worker_judges_a_version_against_its_profile(tmp_path: Path) -> None
 def test_a_profile_of_another_model_is_a_config_error(tmp_path: Path) -> None:
     data = _write(_training_rows(100), tmp_path / "train.csv")
     out = tmp_path / "p.json"
-    assert (
-        run_cli(
-            "baseline",
-            "--config",
-            str(_config(tmp_path)),
-            "--data",
-            str(data),
-            "--model",
-            "fraud",
-            "--model-version",
-            "v1",
-            "--out",
-            str(out),
-        ).returncode
-        == 0
-    )
+    assert _baseline(tmp_path, data, "v1", out).returncode == 0
     body = json.loads(out.read_text())
     body["lineage"]["model"] = "other"
     out.write_text(json.dumps(body))

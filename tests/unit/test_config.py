@@ -29,6 +29,7 @@ BROKEN = {
     ],
     "worker": {"batch_size": 0, "batch_sise": 10},
     "exporter": {"port": 70000},
+    "quality": {"windows": [{"seconds": 3600}, {"seconds": 3600}]},
 }
 BROKEN_PATHS = [
     "kafka.bootstrap_servers",
@@ -40,6 +41,7 @@ BROKEN_PATHS = [
     "worker.batch_size",
     "worker.batch_sise",
     "exporter.port",
+    "quality.windows",
 ]
 
 
