@@ -201,6 +201,24 @@ class ModelSpec(_Section):
     slices: list[SliceSpec] = []
     # Binary models: label values that mean the positive class (numbers >= 0.5 also do).
     positive_labels: list[str] = ["1", "true", "True", "yes", "positive"]
+    # Multiclass models: the classes whose probabilities the predictions carry
+    # ({"class": c, "scores": {class: p}}); enables log loss, Brier, ROC AUC, ECE and the
+    # estimate before labels. Each pending prediction keeps 4 bytes per class.
+    classes: list[str] = Field(default=[], max_length=100)
+
+    @model_validator(mode="after")
+    def _classes_for_multiclass(self) -> ModelSpec:
+        if self.classes and self.task != "multiclass":
+            raise _problem(
+                f"classes are for multiclass models; {self.name!r} is {self.task}",
+                "remove classes, or set task: multiclass",
+            )
+        if self.classes and (len(self.classes) < 2 or len(set(self.classes)) != len(self.classes)):
+            raise _problem(
+                f"classes {self.classes} must be at least two distinct names",
+                "list each class once, e.g. [billing, shipping, other]",
+            )
+        return self
 
     @field_validator("slices", "features")
     @classmethod

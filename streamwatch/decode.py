@@ -342,6 +342,8 @@ def _prediction_value(task: str, raw: Any) -> tuple[float | str, dict[str, float
             and all(isinstance(v, int | float) and not isinstance(v, bool) for v in scores.values())
         ):
             raise _Invalid("wrong_type", "multiclass scores must map classes to numbers")
+        if scores and not all(0.0 <= v <= 1.0 for v in scores.values()):
+            raise _Invalid("out_of_range", "multiclass scores must be probabilities in [0, 1]")
         raw = cls
     else:
         scores = None

@@ -250,8 +250,9 @@ class QualityCollector(Collector):
         yield _family(
             g,
             "streamwatch_estimated_score",
-            "Binary models: the score expected from the predicted probabilities, "
-            "before labels arrive (confidence-based estimation).",
+            "Binary models, and multiclass models with class probabilities: the score "
+            "expected from the predicted probabilities, before labels arrive "
+            "(confidence-based estimation).",
             [*SLICE, "score", "window"],
             snap.estimated,
         )
@@ -297,13 +298,26 @@ class QualityCollector(Collector):
         yield _family(
             c,
             "streamwatch_loss_sum",
-            "Binary models: sums of per-prediction log loss and Brier score.",
+            "Sums of per-prediction log loss and Brier score (binary models, and "
+            "multiclass models with class probabilities).",
             [*SLICE, "loss"],
             (
                 (*k, loss, t.get(loss)[0])
                 for k, t in totals.items()
-                if snap.tasks[k[0]] == "binary"
+                if snap.tasks[k[0]] == "binary" or t.get("scored")[0] > 0
                 for loss in ("log_loss", "brier")
+            ),
+        )
+        yield _family(
+            c,
+            "streamwatch_labelled_scored_events",
+            "Multiclass models: labelled predictions that carried class probabilities "
+            "(the divisor of their loss sums).",
+            SLICE,
+            (
+                (*k, t.get("scored")[0])
+                for k, t in totals.items()
+                if snap.tasks[k[0]] == "multiclass" and t.get("scored")[0] > 0
             ),
         )
         yield _family(

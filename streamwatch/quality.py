@@ -34,8 +34,10 @@ from streamwatch.scores import (
     binary_counts,
     binary_scores,
     estimated_counts,
+    estimated_multiclass_counts,
     estimated_scores,
     multiclass_counts,
+    multiclass_probability_counts,
     multiclass_scores,
     regression_counts,
     regression_scores,
@@ -135,7 +137,10 @@ class Quality:
         self.hold = settings.labels.early_hold_seconds
         self.specs: dict[str, ModelSpec] = {m.name: m for m in settings.models}
         self.slicers = {m.name: Slicer(m.slices) for m in settings.models}
-        self.classes: dict[str, dict[str, int]] = {m.name: {} for m in settings.models}
+        # class -> code; declared classes first, so code j is probability column j
+        self.classes: dict[str, dict[str, int]] = {
+            m.name: {c: j for j, c in enumerate(m.classes)} for m in settings.models
+        }
         self.keys = Keys()
         self.partitions: dict[int, PartitionQuality] = {}
         self.totals: dict[int, Counts] = {}
@@ -167,6 +172,7 @@ class Quality:
                 # the score (binary, regression) or the predicted class code (multiclass)
                 columns: dict[str, type] = {"value": np.float32}
                 columns |= {f"key{i}": np.int32 for i in range(1 + len(spec.slices))}
+                columns |= {f"p{j}": np.float32 for j in range(len(spec.classes))}
                 pending[name] = PendingPredictions(columns)
             state = self.partitions[p] = PartitionQuality(pending)
         return state
@@ -206,6 +212,8 @@ class Quality:
                 columns["value"] = np.array(
                     [self._class(name, str(p.prediction)) for p in group], dtype=np.float32
                 )
+                for j, probabilities in enumerate(_probability_columns(spec, group)):
+                    columns[f"p{j}"] = probabilities
             else:
                 columns["value"] = np.array([float(p.prediction) for p in group])
             times = np.array([p.timestamp for p in group])
@@ -223,23 +231,44 @@ class Quality:
                         matched.append(
                             Label(p.prediction_id, waiting[0], waiting[1], p.partition, -1)
                         )
-            if spec.task == "binary":
-                kept = np.flatnonzero(added)
-                scores, kept_times = columns["value"][kept], times[kept]
-                calibrated = self._calibrated(name, [versions[i] for i in kept.tolist()], scores)
-                threshold = self.settings.threshold
-
-                def estimate(
-                    rows: IntArray,
-                    s: FloatArray = scores,
-                    q: FloatArray = calibrated,
-                    t: float = threshold,
-                ) -> Counts:
-                    return estimated_counts(s[rows], q[rows], t)
-
+            kept = np.flatnonzero(added)
+            estimate = self._estimator(name, [versions[i] for i in kept.tolist()], columns, kept)
+            if estimate is not None:
+                rows, counts = estimate
                 for codes in key_columns:
-                    self._update(state.estimates, codes[kept], kept_times, estimate)
+                    self._update(state.estimates, codes[kept][rows], times[kept][rows], counts)
         return matched
+
+    def _estimator(
+        self, name: str, versions: list[str], columns: dict[str, Any], kept: IntArray
+    ) -> tuple[IntArray, Callable[[IntArray], Counts]] | None:
+        """The stored predictions' expected counts (CBPE): which of the ``kept`` rows have
+        an estimate, and a function from row numbers among those to their counts."""
+        spec = self.specs[name]
+        if spec.task == "binary":
+            scores = columns["value"][kept].astype(np.float64)
+            calibrated = self._calibrated(name, versions, scores)
+            threshold = self.settings.threshold
+
+            def binary(rows: IntArray) -> Counts:
+                return estimated_counts(scores[rows], calibrated[rows], threshold)
+
+            return np.arange(len(kept)), binary
+        if spec.task == "multiclass" and spec.classes:
+            probabilities = np.column_stack(
+                [columns[f"p{j}"][kept] for j in range(len(spec.classes))]
+            ).astype(np.float64)
+            scored = np.flatnonzero(~np.isnan(probabilities[:, 0]))
+            predicted = columns["value"][kept][scored].astype(np.int64)
+            probabilities = probabilities[scored]
+
+            def multiclass(rows: IntArray) -> Counts:
+                return estimated_multiclass_counts(
+                    probabilities[rows], predicted[rows], MAX_CLASSES
+                )
+
+            return scored, multiclass
+        return None
 
     def _calibrated(self, model: str, versions: list[str], scores: FloatArray) -> FloatArray:
         """Scores through each version's calibration map from its labelled reference, or
@@ -362,9 +391,19 @@ class Quality:
             predicted = store.columns["value"][slots].astype(np.int64)
             actual_cls = np.array([self._class(name, _class_name(v)) for v in labels])
             errors = (predicted != actual_cls).astype(np.float64)
+            probabilities = np.column_stack(
+                [store.columns[f"p{j}"][slots] for j in range(len(spec.classes))]
+                or [np.full(len(slots), np.nan)]
+            ).astype(np.float64)
 
             def counts(rows: IntArray) -> Counts:
-                return multiclass_counts(predicted[rows], actual_cls[rows], MAX_CLASSES)
+                out = multiclass_counts(predicted[rows], actual_cls[rows], MAX_CLASSES)
+                scored = rows[~np.isnan(probabilities[rows, 0])]
+                if len(scored):
+                    p, k, a = probabilities[scored], predicted[scored], actual_cls[scored]
+                    out = out + multiclass_probability_counts(p, k, a)
+                    out = out + _prefixed(estimated_multiclass_counts(p, k, MAX_CLASSES))
+                return out
 
         alarms = []
         for column in keys:
@@ -465,17 +504,18 @@ class Quality:
                 snap.scores += [
                     (*key, n, spec.name, v) for n, v in realized.items() if np.isfinite(v)
                 ]
-                if task == "binary":
-                    on_labelled = estimated_scores(_unprefixed(total))
+                labelled_estimate = _unprefixed(total)
+                if labelled_estimate.events >= minimum:
+                    on_labelled = _estimated_scores(task, labelled_estimate)
                     snap.estimate_error += [
                         (*key, n, spec.name, on_labelled[n] - realized[n])
                         for n in on_labelled
                         if np.isfinite(on_labelled[n] - realized[n])
                     ]
-            if task == "binary" and estimate.events >= minimum:
+            if estimate.events >= minimum:
                 snap.estimated += [
                     (*key, n, spec.name, v)
-                    for n, v in estimated_scores(estimate).items()
+                    for n, v in _estimated_scores(task, estimate).items()
                     if np.isfinite(v)
                 ]
 
@@ -488,15 +528,33 @@ def _scores(task: str, counts: Counts) -> dict[str, float]:
     return multiclass_scores(counts)
 
 
+def _estimated_scores(task: str, counts: Counts) -> dict[str, float]:
+    return estimated_scores(counts) if task == "binary" else multiclass_scores(counts)
+
+
 def _prefixed(counts: Counts) -> Counts:
-    return Counts(0, {f"est_{k}": v for k, v in counts.arrays.items()})
+    """The estimate's counts on labelled events, carried beside the realized counts."""
+    arrays = {f"est_{k}": v for k, v in counts.arrays.items()}
+    arrays["est_events"] = np.array([float(counts.events)])
+    return Counts(0, arrays)
 
 
 def _unprefixed(counts: Counts) -> Counts:
     return Counts(
-        counts.events,
+        int(counts.get("est_events")[0]),
         {k.removeprefix("est_"): v for k, v in counts.arrays.items() if k.startswith("est_")},
     )
+
+
+def _probability_columns(spec: ModelSpec, group: list[Prediction]) -> list[FloatArray]:
+    """Per declared class, each prediction's probability (NaN without scores; a class its
+    scores leave out has probability 0)."""
+    if not spec.classes:
+        return []
+    missing = [np.nan] * len(spec.classes)
+    rows = [[p.scores.get(c, 0.0) for c in spec.classes] if p.scores else missing for p in group]
+    matrix = np.array(rows, dtype=np.float32).reshape(len(group), len(spec.classes))
+    return list(matrix.T)
 
 
 def _positive(label: float | str, spec: ModelSpec) -> bool:

@@ -4,6 +4,12 @@ Everything is an additive :class:`Counts` (confusion cells, sums of losses, scor
 histograms), so windows add a batch and subtract expired ones, and Prometheus counters can
 carry the same numbers for exact global values across workers.
 
+Multiclass models that declare their ``classes`` and send per-class probabilities also get
+log loss, Brier score (summed over classes, range [0, 2]), macro one-vs-rest ROC AUC (each
+class's AUC from its own histograms, same error bound, averaged over the classes that have
+both positives and negatives) and top-label ECE (the predicted class's probability against
+whether it was right).
+
 ROC AUC comes from two 50-bin score histograms (positives, negatives): pairs in the same bin
 count one half, so the error against the exact AUC is at most ``sum_i pos_i * neg_i /
 (2 * P * N)`` (:func:`auc_error_bound`), under 0.01 for most models.
@@ -13,7 +19,8 @@ with calibrated probabilities ``p``, a prediction above the threshold is a true 
 with probability ``p`` and a false positive with ``1 - p``, and so on; summed over the
 window's predictions these give the expected confusion matrix, and from it the expected
 accuracy, precision, recall and F1. The expected AUC weighs each prediction's score bin by
-``p`` (positive) and ``1 - p`` (negative).
+``p`` (positive) and ``1 - p`` (negative). Multiclass: the predicted class is right with the
+probability the model gives it, and class ``k`` is the actual one with probability ``p_k``.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from streamwatch.statistics import FloatArray
+from streamwatch.statistics import FloatArray, IntArray
 
 AUC_BINS = 50
 ECE_BINS = 10
@@ -133,6 +140,77 @@ def multiclass_counts(predicted: np.ndarray, actual: np.ndarray, classes: int) -
     )
 
 
+def _bins(probabilities: FloatArray, bins: int) -> IntArray:
+    return np.minimum((probabilities * bins).astype(np.int64), bins - 1)
+
+
+def _class_histograms(probabilities: FloatArray, truth: FloatArray) -> dict[str, FloatArray]:
+    """Per class, AUC_BINS-bin histograms of its probability, weighted by the chance that
+    the class is (``hist_pos``) or is not (``hist_neg``) the actual one; flattened."""
+    k = probabilities.shape[1]
+    where = (_bins(probabilities, AUC_BINS) + np.arange(k) * AUC_BINS).ravel()
+    return {
+        "hist_pos": np.bincount(where, weights=truth.ravel(), minlength=k * AUC_BINS),
+        "hist_neg": np.bincount(where, weights=1 - truth.ravel(), minlength=k * AUC_BINS),
+    }
+
+
+def _probability_of(probabilities: FloatArray, codes: IntArray) -> FloatArray:
+    """Each row's probability of its class code (0 for codes beyond the declared classes)."""
+    k = probabilities.shape[1]
+    inside = codes < k
+    picked = probabilities[np.arange(len(codes)), np.minimum(codes, k - 1)]
+    return np.where(inside, picked, 0.0)
+
+
+def multiclass_probability_counts(
+    probabilities: FloatArray, predicted: IntArray, actual: IntArray
+) -> Counts:
+    """Counts that need the per-class probabilities (events x declared classes)."""
+    n, k = probabilities.shape
+    truth = np.zeros((n, k))
+    inside = actual < k
+    truth[np.flatnonzero(inside), actual[inside]] = 1.0
+    confidence = _probability_of(probabilities, predicted)
+    right = (predicted == actual).astype(np.float64)
+    ece_bin = _bins(confidence, ECE_BINS)
+    return Counts(
+        0,  # added to multiclass_counts of the same events, which count them
+        {
+            "scored": np.array([float(n)]),
+            "log_loss": np.array(
+                [-np.log(np.clip(_probability_of(probabilities, actual), EPS, 1 - EPS)).sum()]
+            ),
+            "brier": np.array([((probabilities - truth) ** 2).sum()]),
+            **_class_histograms(probabilities, truth),
+            "ece_n": np.bincount(ece_bin, minlength=ECE_BINS).astype(np.float64),
+            "ece_score": np.bincount(ece_bin, weights=confidence, minlength=ECE_BINS),
+            "ece_pos": np.bincount(ece_bin, weights=right, minlength=ECE_BINS),
+        },
+    )
+
+
+def estimated_multiclass_counts(
+    probabilities: FloatArray, predicted: IntArray, classes: int
+) -> Counts:
+    """Expected counts of unlabelled multiclass predictions with probabilities (CBPE)."""
+    k = probabilities.shape[1]
+    confidence = _probability_of(probabilities, predicted)
+    tp = np.bincount(predicted, weights=confidence, minlength=classes)
+    actual = np.zeros(classes)
+    actual[:k] = probabilities.sum(axis=0)
+    return Counts(
+        len(predicted),
+        {
+            "correct": np.array([confidence.sum()]),
+            "tp": tp,
+            "fp": np.bincount(predicted, weights=1 - confidence, minlength=classes),
+            "fn": actual - tp,
+            **_class_histograms(probabilities, probabilities),
+        },
+    )
+
+
 def _ratio(a: float, b: float) -> float:
     return a / b if b > 0 else 0.0  # scikit-learn's zero_division=0
 
@@ -153,6 +231,23 @@ def auc_error_bound(hist_pos: FloatArray, hist_neg: FloatArray) -> float:
     return float(np.sum(hist_pos * hist_neg) / (2 * hist_pos.sum() * hist_neg.sum()))
 
 
+def macro_auc(hist_pos: FloatArray, hist_neg: FloatArray) -> float:
+    """One-vs-rest ROC AUC averaged over the classes with both positives and negatives."""
+    per_class = [
+        auc(pos, neg)
+        for pos, neg in zip(
+            hist_pos.reshape(-1, AUC_BINS), hist_neg.reshape(-1, AUC_BINS), strict=True
+        )
+    ]
+    defined = [a for a in per_class if np.isfinite(a)]
+    return float(np.mean(defined)) if defined else float("nan")
+
+
+def _ece(c: Counts) -> float:
+    gap = np.abs(c.get("ece_score") - c.get("ece_pos"))  # |sum of scores - positives| per bin
+    return float(gap.sum() / max(c.get("ece_n").sum(), 1.0))
+
+
 def confusion_scores(cells: FloatArray, n: float) -> dict[str, float]:
     tp, fp, fn, tn = (float(c) for c in cells)
     precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
@@ -171,9 +266,7 @@ def binary_scores(c: Counts) -> dict[str, float]:
     out["log_loss"] = float(c.get("log_loss")[0] / n)
     out["brier"] = float(c.get("brier")[0] / n)
     out["roc_auc"] = auc(c.get("hist_pos"), c.get("hist_neg"))
-    ece_n = c.get("ece_n")
-    gap = np.abs(c.get("ece_score") - c.get("ece_pos"))  # |sum of scores - positives| per bin
-    out["ece"] = float(gap.sum() / max(ece_n.sum(), 1.0))
+    out["ece"] = _ece(c)
     return out
 
 
@@ -193,7 +286,9 @@ def regression_scores(c: Counts) -> dict[str, float]:
 
 
 def multiclass_scores(c: Counts) -> dict[str, float]:
-    """Accuracy and macro precision, recall and F1 over the classes seen."""
+    """Accuracy and macro precision, recall and F1 over the classes seen; with per-class
+    probabilities also log loss, Brier, macro ROC AUC and top-label ECE (over the events
+    that had them), and ROC AUC alone for an estimate."""
     tp, fp, fn = c.get("tp"), c.get("fp"), c.get("fn")
     seen = (tp + fp + fn) > 0
     precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 0.0)[seen]
@@ -201,9 +296,17 @@ def multiclass_scores(c: Counts) -> dict[str, float]:
     f1 = np.where(
         precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-300), 0.0
     )
-    return {
+    out = {
         "accuracy": float(c.get("correct")[0] / c.events),
         "precision": float(precision.mean()) if seen.any() else 0.0,
         "recall": float(recall.mean()) if seen.any() else 0.0,
         "f1": float(f1.mean()) if seen.any() else 0.0,
     }
+    if "hist_pos" in c.arrays:
+        out["roc_auc"] = macro_auc(c.get("hist_pos"), c.get("hist_neg"))
+    scored = float(c.get("scored")[0])
+    if scored > 0:
+        out["log_loss"] = float(c.get("log_loss")[0] / scored)
+        out["brier"] = float(c.get("brier")[0] / scored)
+        out["ece"] = _ece(c)
+    return out

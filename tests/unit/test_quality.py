@@ -241,3 +241,57 @@ def test_the_estimate_calibrates_on_labelled_reference_data() -> None:
     without = estimated(Quality(settings()))
     assert abs(with_map - realized) < 0.02
     assert abs(without - realized) > 0.05
+
+
+def test_multiclass_probabilities_give_losses_auc_and_an_estimate() -> None:
+    classes = ["a", "b", "c"]
+    q = Quality(
+        parse_settings(
+            {
+                "models": [
+                    {
+                        "name": "intent",
+                        "task": "multiclass",
+                        "classes": classes,
+                        "features": [{"name": "x", "type": "numeric"}],
+                    }
+                ],
+                "quality": {"windows": [{"events": 1000}], "min_window_events": 10},
+            }
+        )
+    )
+    rng = np.random.default_rng(11)
+    probabilities = rng.dirichlet([1.0, 1.0, 1.0], 400)
+    actual = (rng.random(400)[:, None] > probabilities.cumsum(axis=1)).sum(axis=1)
+    preds = [
+        Prediction(
+            f"c{i}",
+            "intent",
+            "1",
+            T0 + i,
+            {"x": 1.0},
+            classes[int(probabilities[i].argmax())],
+            dict(zip(classes, probabilities[i].tolist(), strict=True)),
+            None,
+            {},
+            0,
+            i,
+        )
+        for i in range(400)
+    ]
+    q.apply(preds, [])
+    snap = q.snapshot()
+    estimated = {s: v for (_, _, _, s, _, v) in snap.estimated}
+    assert set(estimated) >= {"accuracy", "f1", "roc_auc"}
+    labels = [Label(f"c{i}", classes[actual[i]], T0 + i, 0, i) for i in range(400)]
+    q.apply([], labels)
+    snap = q.snapshot()
+    got = {s: v for (_, _, _, s, _, v) in snap.scores}
+    stored = probabilities.astype(np.float32).astype(np.float64)  # kept as float32
+    assert got["log_loss"] == pytest.approx(-np.mean(np.log(stored[np.arange(400), actual])))
+    assert got["accuracy"] == pytest.approx(
+        metrics.accuracy_score(actual, probabilities.argmax(axis=1))
+    )
+    assert {s for (_, _, _, s, _, _) in snap.estimate_error} >= {"accuracy", "roc_auc"}
+    error = {s: v for (_, _, _, s, _, v) in snap.estimate_error}
+    assert error["accuracy"] == pytest.approx(estimated["accuracy"] - got["accuracy"], abs=1e-6)

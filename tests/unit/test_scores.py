@@ -16,8 +16,10 @@ from streamwatch.scores import (
     binary_counts,
     binary_scores,
     estimated_counts,
+    estimated_multiclass_counts,
     estimated_scores,
     multiclass_counts,
+    multiclass_probability_counts,
     multiclass_scores,
     regression_counts,
     regression_scores,
@@ -93,6 +95,57 @@ def test_multiclass_scores_equal_scikit_learn(pairs: list[tuple[int, int]]) -> N
         assert ours[name] == pytest.approx(
             fn(actual, predicted, average="macro", zero_division=0)
         ), name
+
+
+@given(st.integers(2, 6), st.integers(1, 300), st.integers(0, 2**32 - 1))
+def test_multiclass_probability_scores_equal_scikit_learn(k: int, n: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    probabilities = rng.dirichlet(np.full(k, 0.7), n)
+    actual = rng.integers(0, k, n)
+    predicted = probabilities.argmax(axis=1)
+    counts = multiclass_counts(predicted, actual, 8) + multiclass_probability_counts(
+        probabilities, predicted, actual
+    )
+    ours = multiclass_scores(counts)
+    clipped = np.clip(probabilities, 1e-15, 1 - 1e-15)
+    onehot = np.eye(k)[actual]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert ours["log_loss"] == pytest.approx(
+            metrics.log_loss(actual, clipped, labels=list(range(k))), rel=1e-6
+        )
+    # Brier's original multiclass score: the squared error summed over classes
+    assert ours["brier"] == pytest.approx(np.mean(np.sum((probabilities - onehot) ** 2, axis=1)))
+    per_class, bounds = [], []
+    for c in range(k):
+        y = actual == c
+        if y.any() and not y.all():
+            per_class.append(metrics.roc_auc_score(y, probabilities[:, c]))
+            single = binary_counts(probabilities[:, c], y, 0.5)
+            bounds.append(auc_error_bound(single.get("hist_pos"), single.get("hist_neg")))
+    if per_class:
+        assert abs(ours["roc_auc"] - np.mean(per_class)) <= np.mean(bounds) + 1e-9
+    else:
+        assert "roc_auc" not in ours or np.isnan(ours["roc_auc"])
+    confidence = probabilities.max(axis=1)
+    right = predicted == actual
+    bins = np.minimum((confidence * 10).astype(int), 9)
+    ece = sum(abs(confidence[bins == b].sum() - right[bins == b].sum()) for b in range(10)) / n
+    assert ours["ece"] == pytest.approx(ece)
+
+
+def test_multiclass_estimate_matches_reality_on_calibrated_probabilities() -> None:
+    rng = np.random.default_rng(5)
+    probabilities = rng.dirichlet([2.0, 1.0, 0.5], 100_000)
+    actual = (rng.random(100_000)[:, None] > probabilities.cumsum(axis=1)).sum(axis=1)
+    predicted = probabilities.argmax(axis=1)
+    realized = multiclass_scores(
+        multiclass_counts(predicted, actual, 3)
+        + multiclass_probability_counts(probabilities, predicted, actual)
+    )
+    estimated = multiclass_scores(estimated_multiclass_counts(probabilities, predicted, 3))
+    for name in ("accuracy", "precision", "recall", "f1", "roc_auc"):
+        assert estimated[name] == pytest.approx(realized[name], abs=0.01), name
 
 
 def test_windows_add_and_subtract_counts_exactly() -> None:
