@@ -144,7 +144,7 @@ def _bins(probabilities: FloatArray, bins: int) -> IntArray:
     return np.minimum((probabilities * bins).astype(np.int64), bins - 1)
 
 
-def _class_histograms(probabilities: FloatArray, truth: FloatArray) -> dict[str, FloatArray]:
+def _class_histograms(probabilities: FloatArray, truth: FloatArray) -> dict[str, npt.NDArray[Any]]:
     """Per class, AUC_BINS-bin histograms of its probability, weighted by the chance that
     the class is (``hist_pos``) or is not (``hist_neg``) the actual one; flattened."""
     k = probabilities.shape[1]
