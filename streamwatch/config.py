@@ -235,10 +235,12 @@ class ModelSpec(_Section):
 
 
 class WindowSpec(_Section):
-    """A window of the last N events (per partition) or of the last N seconds of event time."""
+    """A window of the last N events (per partition) or of N seconds of event time: the last
+    N seconds (sliding), or back-to-back spans of N seconds (tumbling; quality only)."""
 
     events: int | None = Field(default=None, ge=10)
     seconds: float | None = Field(default=None, ge=1)
+    tumbling: bool = False
 
     @model_validator(mode="after")
     def _exactly_one(self) -> WindowSpec:
@@ -247,6 +249,11 @@ class WindowSpec(_Section):
                 "a window needs exactly one of `events` and `seconds`",
                 "write {events: 2000} or {seconds: 3600}",
             )
+        if self.tumbling and self.seconds is None:
+            raise _problem(
+                "only a window of `seconds` can tumble",
+                "write {seconds: 3600, tumbling: true}, or drop tumbling",
+            )
         return self
 
     @property
@@ -254,10 +261,11 @@ class WindowSpec(_Section):
         if self.events is not None:
             return f"events_{self.events}"
         seconds = int(self.seconds or 0)
+        prefix = "tumbling_" if self.tumbling else ""
         for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
             if seconds % size == 0:
-                return f"{seconds // size}{unit}"
-        return f"{seconds}s"
+                return f"{prefix}{seconds // size}{unit}"
+        return f"{prefix}{seconds}s"
 
 
 class DriftSettings(_Section):
@@ -292,6 +300,11 @@ class DriftSettings(_Section):
                 "the first window must count events (data quality reads it)",
                 "put an {events: N} window first",
             )
+        if any(w.tumbling for w in windows):
+            raise _problem(
+                "drift windows slide; tumbling windows are for quality scores",
+                "drop `tumbling` from drift.windows",
+            )
         return _distinct_windows(windows)
 
 
@@ -313,8 +326,8 @@ class QualitySettings(_Section):
     windows: list[WindowSpec] = Field(
         default_factory=lambda: [
             WindowSpec(events=1000),
-            WindowSpec(seconds=3600),
-            WindowSpec(seconds=86400),
+            WindowSpec(seconds=3600, tumbling=True),
+            WindowSpec(seconds=86400, tumbling=True),
         ],
         min_length=1,
     )

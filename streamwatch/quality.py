@@ -44,11 +44,12 @@ from streamwatch.scores import (
 )
 from streamwatch.slices import ALL, OTHER, Slicer
 from streamwatch.statistics import FloatArray, IntArray
-from streamwatch.windows import CountWindow, TimeWindow
+from streamwatch.windows import CountWindow, TimeWindow, TumblingWindow
 
 MAX_CLASSES = 100  # multiclass: classes tracked per model; the rest share the last code
 SliceKey = tuple[str, str, str]  # (model, model_version, slice)
-Windows = list[CountWindow | TimeWindow]
+Window = CountWindow | TimeWindow | TumblingWindow
+Windows = list[Window]
 
 
 @dataclass(frozen=True)
@@ -78,11 +79,28 @@ class QualitySnapshot:
     concept_alarms: dict[tuple[str, str, str, str], int] = field(default_factory=dict)
 
 
-def _new_window(spec: WindowSpec) -> CountWindow | TimeWindow:
+def _new_window(spec: WindowSpec) -> Window:
     empty: Any = Counts()  # windows only need `events`, + and -
     if spec.events is not None:
         return CountWindow(spec.events, empty)
+    if spec.tumbling:
+        return TumblingWindow(spec.seconds or 0.0, empty)
     return TimeWindow(spec.seconds or 0.0, empty, buckets=12)
+
+
+def _window_total(windows: list[Window]) -> Counts:
+    """One window's counts over the partitions; for a tumbling window, of the newest span
+    any partition has closed."""
+    tumbling = [w for w in windows if isinstance(w, TumblingWindow)]
+    if tumbling:
+        span = max(w.closed for w in tumbling)
+        tables: list[Any] = [w.span(span) for w in tumbling]
+    else:
+        tables = [w.total for w in windows]
+    total = Counts()
+    for table in tables:
+        total = total + table
+    return total
 
 
 def _river(name: str) -> Any:
@@ -236,7 +254,13 @@ class Quality:
             if estimate is not None:
                 rows, counts = estimate
                 for codes in key_columns:
-                    self._update(state.estimates, codes[kept][rows], times[kept][rows], counts)
+                    self._update(
+                        state.estimates,
+                        codes[kept][rows],
+                        times[kept][rows],
+                        counts,
+                        state.prediction_watermark,
+                    )
         return matched
 
     def _estimator(
@@ -307,8 +331,11 @@ class Quality:
         keys: IntArray,
         times: FloatArray,
         counts: Callable[[IntArray], Counts],
+        watermark: float,
     ) -> dict[int, IntArray]:
-        """Add each key's rows to its windows; return the rows per key."""
+        """Add each key's rows to its windows; return the rows per key. Tumbling windows
+        close with the partition's prediction ``watermark``, so the estimate and the
+        realized scores of one span line up."""
         groups: dict[int, IntArray] = {}
         for key in np.unique(keys):
             rows = np.flatnonzero(keys == key)
@@ -323,6 +350,8 @@ class Quality:
                     continue
                 buckets = window.bucket_of(times[rows])
                 newest = float(times[rows].max())
+                if isinstance(window, TumblingWindow):
+                    newest = max(newest, watermark)
                 distinct = np.unique(buckets)
                 for bucket in distinct.tolist():
                     part = whole if len(distinct) == 1 else counts(rows[buckets == bucket])
@@ -407,7 +436,8 @@ class Quality:
 
         alarms = []
         for column in keys:
-            for key, rows in self._update(state.windows, column, times, counts).items():
+            updated = self._update(state.windows, column, times, counts, state.prediction_watermark)
+            for key, rows in updated.items():
                 self.totals[key] = self.totals.get(key, Counts()) + counts(rows)
                 alarms += self._concept(state, key, errors[rows], label_times[rows], spec)
         return alarms
@@ -491,14 +521,10 @@ class Quality:
     def _window_scores(self, code: int, key: SliceKey, snap: QualitySnapshot) -> None:
         task = self.specs[key[0]].task
         minimum = self.settings.min_window_events
+        owned = self.partitions.values()
         for w, spec in enumerate(self.settings.windows):
-            total: Counts = Counts()
-            estimate: Counts = Counts()
-            for state in self.partitions.values():
-                if code in state.windows:
-                    total = total + state.windows[code][w].total  # type: ignore[operator]
-                if code in state.estimates:
-                    estimate = estimate + state.estimates[code][w].total  # type: ignore[operator]
+            total = _window_total([s.windows[code][w] for s in owned if code in s.windows])
+            estimate = _window_total([s.estimates[code][w] for s in owned if code in s.estimates])
             if total.events >= minimum:
                 realized = _scores(task, total)
                 snap.scores += [

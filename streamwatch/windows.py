@@ -105,3 +105,49 @@ class TimeWindow:
         if not self._buckets:
             return 0.0
         return float(min(1.0, (self.watermark - self.earliest) / self.seconds))
+
+
+class TumblingWindow:
+    """Back-to-back spans of event time, ``[k * seconds, (k + 1) * seconds)``.
+
+    ``closed`` is the newest span the watermark has passed; ``total`` is its table. A span
+    keeps taking additions (late labels) until ``keep`` newer spans have closed after it;
+    later additions to it are dropped here (the caller's cumulative totals still count them).
+    """
+
+    def __init__(self, seconds: float, empty: Table, keep: int = 2) -> None:
+        self.seconds = seconds
+        self.keep = keep
+        self.empty = empty
+        self.watermark = float("-inf")
+        self._spans: dict[int, Table] = {}
+
+    def bucket_of(self, timestamps: FloatArray) -> IntArray:
+        return np.floor(timestamps / self.seconds).astype(np.int64)
+
+    def add(self, bucket: int, table: Table, newest: float) -> None:
+        self.watermark = max(self.watermark, newest)
+        oldest = self.closed - self.keep
+        if bucket >= oldest:
+            self._spans[bucket] = self._spans[bucket] + table if bucket in self._spans else table
+        for expired in [b for b in self._spans if b < oldest]:
+            del self._spans[expired]
+
+    @property
+    def closed(self) -> int:
+        """The newest span that ended at or before the watermark."""
+        if self.watermark == float("-inf"):
+            return -(2**62)
+        return int(np.floor(self.watermark / self.seconds)) - 1
+
+    def span(self, bucket: int) -> Table:
+        return self._spans.get(bucket, self.empty)
+
+    @property
+    def total(self) -> Table:
+        return self.span(self.closed)
+
+    @property
+    def fill(self) -> float:
+        """1 once a span has closed, 0 before."""
+        return 1.0 if self.closed in self._spans else 0.0

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamwatch.windows import CountWindow, Table, TimeWindow
+from streamwatch.windows import CountWindow, Table, TimeWindow, TumblingWindow
 
 
 def table_of(values: np.ndarray) -> Table:
@@ -83,4 +83,33 @@ def test_time_window_equals_recomputing(
             floor_then = int(np.floor((watermark - seconds) / window.bucket_seconds)) + 1
             b = window.bucket_of(t)
             kept.append(v[(b >= floor_then) & (b >= oldest)])
+        assert same(window.total, table_of(np.concatenate(kept)))
+
+
+@settings(max_examples=80)
+@given(
+    st.lists(st.tuples(st.integers(1, 40), st.floats(0, 500)), min_size=1, max_size=30),
+    st.floats(10, 2000),
+    st.integers(0, 3),
+)
+def test_tumbling_window_equals_recomputing(
+    batches: list[tuple[int, float]], seconds: float, keep: int
+) -> None:
+    """The total is the newest closed span: every event in it that arrived while its span
+    was at most ``keep`` spans older than the closed one."""
+    rng = np.random.default_rng(len(batches))
+    window = TumblingWindow(seconds, table_of(np.zeros(0)), keep=keep)
+    clock = 0.0
+    arrived: list[tuple[np.ndarray, np.ndarray, int]] = []  # values, spans, closed then
+    for n, advance in batches:
+        clock += advance
+        times = clock - rng.uniform(0, 3 * seconds, n)  # late by up to three spans
+        values = rng.normal(size=n)
+        spans = window.bucket_of(times)
+        for span in np.unique(spans):
+            window.add(int(span), table_of(values[spans == span]), float(times.max()))
+        arrived.append((values, spans, window.closed))
+        closed = int(np.floor(window.watermark / seconds)) - 1
+        assert window.closed == closed
+        kept = [v[(s == closed) & (s >= then - keep)] for v, s, then in arrived]
         assert same(window.total, table_of(np.concatenate(kept)))
