@@ -357,6 +357,9 @@ class WorkerSettings(_Section):
 class ExporterSettings(_Section):
     address: str = "0.0.0.0"
     port: int = Field(default=9308, ge=0, le=65535)
+    # A model version without predictions or labels for this long (in its model's event
+    # time) is forgotten: its series leave /metrics and its state is freed.
+    retire_after_seconds: float = Field(default=86400, gt=0)
 
 
 class Settings(BaseSettings):

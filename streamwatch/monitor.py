@@ -258,6 +258,8 @@ class Monitor:
         self.alarms: dict[tuple[str, str, str, str, str], int] = defaultdict(int)
         self.last_alarm: dict[tuple[str, str, str, str, str], float] = {}
         self.alarm_log: deque[Alarm] = deque(maxlen=10_000)  # the latest, for logs and demo
+        self.retire_after = settings.exporter.retire_after_seconds
+        self.last_seen: dict[VersionKey, float] = {}  # event time of the newest prediction
         self._lock = threading.Lock()
 
     # -- partition ownership ------------------------------------------------------------
@@ -283,6 +285,11 @@ class Monitor:
         with self._lock:
             for (model, version, partition), group in groups.items():
                 raised += self._apply_group((model, version), partition, group)
+                newest = max(p.timestamp for p in group)
+                self.last_seen[(model, version)] = max(
+                    self.last_seen.get((model, version), newest), newest
+                )
+            self._retire_idle_versions()
             self._count_type_errors(rejections)
             for alarm in raised:
                 key = (
@@ -296,6 +303,23 @@ class Monitor:
                 self.last_alarm[key] = max(self.last_alarm.get(key, 0.0), alarm.event_time)
             self.alarm_log.extend(raised)
         return raised
+
+    def _retire_idle_versions(self) -> None:
+        """Forget model versions without predictions for ``retire_after`` seconds of their
+        model's event time: their series leave /metrics; if one comes back, it starts over
+        (a new warm-up, or its profile)."""
+        now: dict[str, float] = {}
+        for (model, _), t in self.last_seen.items():
+            now[model] = max(now.get(model, t), t)
+        idle = [k for k, t in self.last_seen.items() if now[k[0]] - t > self.retire_after]
+        for key in idle:
+            del self.last_seen[key]
+            self.versions.pop(key, None)
+            for states in self.partitions.values():
+                states.pop(key, None)
+            for alarm in [a for a in self.alarms if a[:2] == key]:
+                del self.alarms[alarm]
+                self.last_alarm.pop(alarm, None)
 
     def _version(self, key: VersionKey) -> VersionState:
         state = self.versions.get(key)

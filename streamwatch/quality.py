@@ -116,11 +116,16 @@ def _river(name: str) -> Any:
 
 
 class Keys:
-    """Interned (model, version, slice) keys: pending predictions store small integers."""
+    """Interned (model, version, slice) keys: pending predictions store small integers.
+
+    A retired code is never reused: pending predictions may still carry it, and
+    :meth:`resolve` sends them to the key that now stands for them (``NAME:__other__`` for a
+    slice value no longer tracked; a fresh code for a version that comes back)."""
 
     def __init__(self) -> None:
         self.codes: dict[SliceKey, int] = {}
         self.names: list[SliceKey] = []
+        self.retired: dict[int, SliceKey] = {}  # code -> the key its events now count under
 
     def code(self, key: SliceKey) -> int:
         code = self.codes.get(key)
@@ -128,6 +133,20 @@ class Keys:
             code = self.codes[key] = len(self.names)
             self.names.append(key)
         return code
+
+    def retire(self, code: int, successor: SliceKey) -> None:
+        self.codes.pop(self.names[code], None)
+        self.retired[code] = successor
+
+    def resolve(self, codes: IntArray) -> IntArray:
+        if not self.retired:
+            return codes
+        out = codes.copy()
+        for code in np.unique(codes).tolist():
+            successor = self.retired.get(code)
+            if successor is not None:
+                out[codes == code] = self.code(successor)
+        return out
 
 
 @dataclass
@@ -168,6 +187,9 @@ class Quality:
         self.duplicate_labels = 0
         self.duplicate_predictions: dict[str, int] = defaultdict(int)
         self.concept_alarms: dict[tuple[str, str, str, str], int] = defaultdict(int)
+        self.retire_after = settings.exporter.retire_after_seconds
+        self.last_seen: dict[tuple[str, str], float] = {}  # event time of the newest activity
+        self.now: dict[str, float] = {}  # per model: its newest prediction time
         self._delays: list[tuple[str, float]] = []
         self._lock = threading.Lock()
 
@@ -210,6 +232,7 @@ class Quality:
                 held = self._store(state, preds)
                 alarms += self._join(state, held + labs)
                 self._expire(state)
+            self._retire_idle_versions()
         return alarms
 
     def _store(self, state: PartitionQuality, predictions: list[Prediction]) -> list[Label]:
@@ -222,9 +245,10 @@ class Quality:
             spec, store = self.specs[name], state.pending[name]
             versions = [p.model_version for p in group]
             key_columns = [self._codes(name, versions, [ALL] * len(group))]
-            key_columns += [
-                self._codes(name, versions, column) for column in self.slicers[name].columns(group)
-            ]
+            slicer = self.slicers[name]
+            key_columns += [self._codes(name, versions, c) for c in slicer.columns(group)]
+            for slice_name, value in slicer.take_retired():
+                self._retire_slice(name, value, f"{slice_name}:{OTHER}")
             columns: dict[str, Any] = {f"key{j}": codes for j, codes in enumerate(key_columns)}
             if spec.task == "multiclass":
                 columns["value"] = np.array(
@@ -235,6 +259,7 @@ class Quality:
             else:
                 columns["value"] = np.array([float(p.prediction) for p in group])
             times = np.array([p.timestamp for p in group])
+            self._seen(name, versions, times)
             keys = [id_hash(p.prediction_id) for p in group]
             added = store.add_many(keys, times, columns)
             self.duplicate_predictions[name] += int((~added).sum())
@@ -394,11 +419,17 @@ class Quality:
         spec = self.specs[name]
         label_times = np.array([lb.timestamp for lb in found])
         labels = [lb.label for lb in found]
-        keys = [store.columns[f"key{j}"][slots] for j in range(1 + len(spec.slices))]
+        keys = [
+            self.keys.resolve(store.columns[f"key{j}"][slots]) for j in range(1 + len(spec.slices))
+        ]
         self._delays.extend((name, d) for d in (label_times - times).tolist())
         for key, n in zip(*np.unique(keys[0], return_counts=True), strict=True):
             model, version, _ = self.keys.names[int(key)]
             self.joined[(model, version)] += int(n)
+            newest = float(label_times[keys[0] == key].max())
+            self.last_seen[(model, version)] = max(
+                self.last_seen.get((model, version), newest), newest
+            )
         threshold = self.settings.threshold
         if spec.task == "binary":
             scores = store.columns["value"][slots].astype(np.float64)
@@ -481,6 +512,50 @@ class Quality:
         for pid in stale:
             del state.early[pid]
         self.unmatched_labels += len(stale)
+
+    # -- retiring what went away ----------------------------------------------------------
+    def _seen(self, model: str, versions: list[str], times: FloatArray) -> None:
+        newest: dict[str, float] = {}
+        for version, t in zip(versions, times.tolist(), strict=True):
+            if t > newest.get(version, float("-inf")):
+                newest[version] = t
+        for version, t in newest.items():
+            key = (model, version)
+            self.last_seen[key] = max(self.last_seen.get(key, t), t)
+        self.now[model] = max(self.now.get(model, float("-inf")), float(times.max()))
+
+    def _retire_idle_versions(self) -> None:
+        """Forget model versions without predictions or labels for ``retire_after`` seconds
+        of their model's event time: their series leave /metrics."""
+        idle = [
+            (model, version)
+            for (model, version), t in self.last_seen.items()
+            if self.now[model] - t > self.retire_after
+        ]
+        for model, version in idle:
+            for code in [c for k, c in self.keys.codes.items() if k[:2] == (model, version)]:
+                self._forget(code, self.keys.names[code])
+            del self.last_seen[(model, version)]
+            self.expired.pop((model, version), None)
+            self.joined.pop((model, version), None)
+
+    def _retire_slice(self, model: str, value: str, other: str) -> None:
+        """A slice value left the tracked set: its series go, its pending predictions will
+        count under ``other``."""
+        for key, code in list(self.keys.codes.items()):
+            if key[0] == model and key[2] == value:
+                self._forget(code, (model, key[1], other))
+
+    def _forget(self, code: int, successor: SliceKey) -> None:
+        model, version, slice_name = self.keys.names[code]
+        self.keys.retire(code, successor)
+        for state in self.partitions.values():
+            state.windows.pop(code, None)
+            state.estimates.pop(code, None)
+            state.detectors.pop(code, None)
+        self.totals.pop(code, None)
+        for alarm in [a for a in self.concept_alarms if a[:3] == (model, version, slice_name)]:
+            del self.concept_alarms[alarm]
 
     def take_label_delays(self) -> list[tuple[str, float]]:
         """(model, label time - prediction time) of the pairs joined since the last call."""

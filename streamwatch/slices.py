@@ -2,14 +2,24 @@
 
 A slice spec names keys (attributes first, then features); an event's slice value is
 ``key=value`` pairs joined by ``,`` (numeric keys with edges become buckets such as
-``amount=[10,100)``). Each spec tracks at most ``max_values`` distinct values, the first
-ones seen; later values share ``NAME:__other__`` and are counted as overflow. Whatever the input,
-the number of slice series stays bounded.
+``amount=[10,100)``). Each spec tracks at most ``max_values`` values, its *heavy hitters*:
+
+- a sketch of recent frequencies (:class:`RecentCounts`, decayed with a half-life of
+  ``HALF_LIFE_EVENTS`` events) sees every value;
+- a value is tracked once it carries at least ``1 / (20 * max_values)`` of the recent
+  traffic (``ENTER_SHARE``: 0.1% for the default 50) and there is room, or once it also
+  outweighs the lightest tracked value by ``MARGIN`` (which it then replaces);
+- a tracked value whose share falls under an eighth of that is retired.
+
+Every other event is counted as overflow and scored under ``NAME:__other__``. Whatever the
+input, the number of slice series stays bounded, and a value that goes away is retired.
 """
 
 from __future__ import annotations
 
 import bisect
+import heapq
+from collections import Counter
 from typing import Any
 
 from streamwatch.config import SliceSpec
@@ -17,6 +27,10 @@ from streamwatch.decode import Prediction
 
 ALL = "__all__"  # the whole model version
 OTHER = "__other__"
+HALF_LIFE_EVENTS = 100_000  # of a slice spec's events: how fast old traffic is forgotten
+ENTER_SHARE = 1 / 20  # over max_values: the share of recent traffic a tracked value needs
+MARGIN = 1.25  # a newcomer replaces the lightest tracked value only when this much heavier
+RETIRE_FRACTION = 1 / 8  # of the entering share: below it a tracked value is retired
 
 
 def _bucket(value: Any, edges: list[float]) -> str:
@@ -28,13 +42,51 @@ def _bucket(value: Any, edges: list[float]) -> str:
     return f"[{low},{high})"
 
 
+class RecentCounts:
+    """Decayed frequencies of the most frequent values, in bounded memory.
+
+    A mergeable frequent-items summary (Misra-Gries, as merged by Agarwal et al. 2012):
+    each batch's counts are added, all counts decay by ``0.5 ** (events / half_life)``, and
+    beyond ``capacity`` entries only the heaviest are kept. A kept count never exceeds the
+    value's true decayed frequency, and a value heavier than ``dropped`` (the heaviest count
+    ever dropped, decayed) is never lost. river's ``sketch.HeavyHitters`` does the same per
+    event and unweighted; per batch this costs one ``Counter`` (about 10x less).
+    """
+
+    def __init__(self, capacity: int, half_life: float = HALF_LIFE_EVENTS) -> None:
+        self.capacity = capacity
+        self.half_life = half_life
+        self.counts: dict[str, float] = {}
+        self.total = 0.0
+        self.dropped = 0.0
+
+    def update(self, batch: Counter[str]) -> None:
+        events = sum(batch.values())
+        decay = 0.5 ** (events / self.half_life)
+        counts = {v: c * decay for v, c in self.counts.items()}
+        for value, n in batch.items():
+            counts[value] = counts.get(value, 0.0) + n
+        self.total = self.total * decay + events
+        self.dropped *= decay
+        if len(counts) > self.capacity:
+            kept = heapq.nlargest(self.capacity + 1, counts.items(), key=lambda item: item[1])
+            self.dropped = max(self.dropped, kept[-1][1])
+            counts = dict(kept[:-1])
+        self.counts = counts
+
+    def share(self, value: str) -> float:
+        return self.counts.get(value, 0.0) / self.total if self.total > 0 else 0.0
+
+
 class Slicer:
-    """Slice values of events for one model's slice specs, with the cardinality guard."""
+    """Slice values of events for one model's slice specs, with the heavy-hitter guard."""
 
     def __init__(self, specs: list[SliceSpec]) -> None:
         self.specs = specs
-        self.tracked: list[dict[str, int]] = [{} for _ in specs]  # value -> order seen
+        self.tracked: list[dict[str, None]] = [{} for _ in specs]  # ordered sets
+        self.recent = [RecentCounts(4 * s.max_values) for s in specs]
         self.overflow = [0] * len(specs)
+        self.retired: list[tuple[str, str]] = []  # (spec name, value) since the last take
 
     def value(self, spec: SliceSpec, p: Prediction) -> str:
         parts = []
@@ -52,17 +104,42 @@ class Slicer:
         """Per spec, each event's tracked slice value (or ``NAME:__other__``)."""
         out = []
         for i, spec in enumerate(self.specs):
-            tracked = self.tracked[i]
-            other = f"{spec.name}:{OTHER}"
-            column = []
-            for p in predictions:  # one string per event and slice spec
-                value = self.value(spec, p)
-                if value not in tracked:
-                    if len(tracked) >= spec.max_values:
-                        self.overflow[i] += 1
-                        value = other
-                    else:
-                        tracked[value] = len(tracked)
-                column.append(value)
+            values = [self.value(spec, p) for p in predictions]  # one string per event
+            batch = Counter(values)
+            self.recent[i].update(batch)
+            self._retrack(i)
+            tracked, other = self.tracked[i], f"{spec.name}:{OTHER}"
+            column = [v if v in tracked else other for v in values]
+            self.overflow[i] += sum(n for v, n in batch.items() if v not in tracked)
             out.append(column)
         return out
+
+    def _retrack(self, i: int) -> None:
+        spec, recent, tracked = self.specs[i], self.recent[i], self.tracked[i]
+        support = ENTER_SHARE / spec.max_values
+        for value in [v for v in tracked if recent.share(v) < support * RETIRE_FRACTION]:
+            self._retire(i, value)
+        candidates = sorted(
+            (
+                (n, v)
+                for v, n in recent.counts.items()
+                if v not in tracked and n >= support * recent.total
+            ),
+            reverse=True,
+        )
+        for n, value in candidates:
+            if len(tracked) >= spec.max_values:
+                lightest = min(tracked, key=lambda v: recent.counts.get(v, 0.0))
+                if n <= MARGIN * recent.counts.get(lightest, 0.0):
+                    break  # candidates come heaviest first: none of the rest wins either
+                self._retire(i, lightest)
+            tracked[value] = None
+
+    def _retire(self, i: int, value: str) -> None:
+        del self.tracked[i][value]
+        self.retired.append((self.specs[i].name, value))
+
+    def take_retired(self) -> list[tuple[str, str]]:
+        """(slice name, value) of the values retired since the last call."""
+        retired, self.retired = self.retired, []
+        return retired

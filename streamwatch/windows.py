@@ -50,16 +50,24 @@ class Table:
 
 
 class CountWindow:
-    """The last ``size`` events, at batch granularity: whole batches, at least ``size``
-    events once filled, at most ``size`` plus the newest batch."""
+    """The last ``size`` events, in chunks: a batch joins the newest chunk while that holds
+    fewer than ``size / 16`` events, so the window keeps at most about 17 tables however
+    small the batches (a sparse slice gets a few events per batch). Once filled it holds at
+    least ``size`` events and at most ``size`` plus one chunk."""
+
+    CHUNKS = 16
 
     def __init__(self, size: int, empty: Table) -> None:
         self.size = size
+        self.chunk = max(1, size // self.CHUNKS)
         self.total = empty
         self._tables: deque[Table] = deque()
 
     def add(self, table: Table) -> None:
-        self._tables.append(table)
+        if self._tables and self._tables[-1].events < self.chunk:
+            self._tables[-1] = self._tables[-1] + table
+        else:
+            self._tables.append(table)
         self.total = self.total + table
         while self._tables and self.total.events - self._tables[0].events >= self.size:
             self.total = self.total - self._tables.popleft()

@@ -6,8 +6,9 @@
    predictions waiting for labels (ids like ``txn-0000000042``, one slice); memory retained,
    measured with tracemalloc, divided by the count. Also: objects the cyclic garbage
    collector tracks, and the time of a full collection, with the store full.
-2. Bounded slices: 10^6 labelled predictions with 10, then 10^6 distinct slice values:
-   tracked values, exported series and retained memory stay the same.
+2. Bounded slices: 10^6 labelled predictions with 10 slice values, with 10^6 distinct ones,
+   and with 10^6 distinct ones between 60 frequent ones (half the traffic): tracked values
+   (at most 50, the frequent ones), exported series and retained memory stay bounded.
 3. The estimate before labels: a calibrated binary model whose input drifts (so its accuracy
    changes); per hour of event time, estimated accuracy against realized accuracy.
 """
@@ -109,9 +110,15 @@ def pending_memory(n: int) -> list[str]:
     ]
 
 
-def bounded_slices(n: int, distinct: int) -> tuple[int, int, float]:
+def bounded_slices(n: int, distinct: int, frequent: int = 0) -> tuple[int, int, float]:
     """(tracked values, exported series, retained MiB) after n labelled predictions with
-    ``distinct`` slice values, labels following their predictions batch by batch."""
+    ``distinct`` slice values (and, every other event, one of ``frequent`` values), labels
+    following their predictions batch by batch."""
+
+    def country(i: int) -> str:
+        if frequent and i % 2 == 0:
+            return f"f{(i // 2) % frequent}"
+        return f"c{i % distinct}"
 
     def build() -> Quality:
         q = Quality(settings(max_values=50))
@@ -128,7 +135,7 @@ def bounded_slices(n: int, distinct: int) -> tuple[int, int, float]:
                         0.3,
                         None,
                         None,
-                        {"country": f"c{i % distinct}"},
+                        {"country": country(i)},
                         0,
                         i,
                     )
@@ -220,10 +227,12 @@ def main() -> None:
         "| 10^6 labelled predictions | slice values tracked | exported series | retained memory |",
         "| --- | --- | --- | --- |",
     ]
-    for distinct in (10, 1_000_000):
-        tracked, series, mib = bounded_slices(1_000_000, distinct)
+    for distinct, frequent in ((10, 0), (1_000_000, 0), (1_000_000, 60)):
+        tracked, series, mib = bounded_slices(1_000_000, distinct, frequent)
+        among = f" among {frequent} frequent ones" if frequent else ""
         lines.append(
-            f"| {distinct:,} distinct slice values | {tracked} | {series:,} | {mib:,.1f} MiB |"
+            f"| {distinct:,} distinct slice values{among} | {tracked} | {series:,} |"
+            f" {mib:,.1f} MiB |"
         )
     lines += [
         "",

@@ -177,3 +177,17 @@ def test_type_errors_count_in_the_quality_ratio() -> None:
     events = 500  # the count window: whole batches reaching 500 events
     assert quality[("a", "type_error")] == 4 / (events + 4)
     assert quality[("b", "type_error")] == 0.0
+
+
+def test_a_version_without_predictions_for_a_while_is_retired() -> None:
+    monitor = Monitor(parse_settings({**CONFIG, "exporter": {"retire_after_seconds": 5000}}))
+    monitor.apply(batch(0, 2000, shift=3.0, version="v1"))  # warm-up, then a drift alarm...
+    monitor.apply(batch(2000, 2000, shift=0.0, version="v1"))
+    assert {k[1] for k in monitor.snapshot().alarms} == {"v1"}
+    monitor.apply(batch(4000, 2000, version="v2"))  # v1's newest event is 2000 s behind
+    assert {w[1] for w in monitor.snapshot().warmup} == {"v1", "v2"}
+    monitor.apply(batch(9000, 2000, version="v2"))  # ...now more than 5000 s behind
+    snap = monitor.snapshot()
+    assert {w[1] for w in snap.warmup} == {"v2"}
+    assert not snap.alarms
+    assert all(row[1] == "v2" for row in snap.model_info + snap.windows)

@@ -138,24 +138,42 @@ def test_a_degraded_slice_drops_more_than_the_whole() -> None:
     assert q.snapshot().concept_alarms.get(("m", "v1", "country=IS", "adwin"), 0) >= 1
 
 
-def test_slice_cardinality_is_bounded_and_the_overflow_counted() -> None:
+def exported_slices(registry: CollectorRegistry) -> set[str]:
+    samples = [s for m in registry.collect() for s in m.samples]
+    return {
+        s.labels["slice"] for s in samples if "model_version" in s.labels and "slice" in s.labels
+    }
+
+
+def test_slice_cardinality_is_bounded_and_the_heavy_hitters_tracked() -> None:
+    """10^6 distinct values, each seen once and each batch led by them, beside three
+    frequent ones: the frequent ones are tracked, the rest overflow, series stay bounded."""
     q = Quality(settings())
     registry = CollectorRegistry()
     registry.register(QualityCollector(q))
     n = 1_000_000  # distinct slice values in the input
+    heavy = ["DE"] * 10_000 + ["FR"] * 5_000 + ["IS"] * 2_500
+    i = 0
     for start in range(0, n, 50_000):
-        ids = range(start, start + 50_000)
-        q.apply([pred(i, 0.7, country=f"c{i}") for i in ids], [lab(i, 1.0) for i in ids])
-    samples = [s for m in registry.collect() for s in m.samples]
-    slices = {
-        s.labels["slice"] for s in samples if "model_version" in s.labels and "slice" in s.labels
+        countries = [f"c{j}" for j in range(start, start + 50_000)] + heavy
+        ids = range(i, i + len(countries))
+        i += len(countries)
+        q.apply(
+            [pred(k, 0.7, country=c) for k, c in zip(ids, countries, strict=True)],
+            [lab(k, 1.0) for k in ids],
+        )
+    assert exported_slices(registry) == {
+        "__all__",
+        "country=DE",
+        "country=FR",
+        "country=IS",
+        "country:__other__",
     }
-    assert slices == {"__all__", "country=c0", "country=c1", "country=c2", "country:__other__"}
     assert (
         registry.get_sample_value(
             "streamwatch_slice_overflow_total", {"model": "m", "slice": "country"}
         )
-        == n - 3
+        == n
     )
     assert (
         registry.get_sample_value("streamwatch_slice_values", {"model": "m", "slice": "country"})
@@ -295,3 +313,44 @@ def test_multiclass_probabilities_give_losses_auc_and_an_estimate() -> None:
     assert {s for (_, _, _, s, _, _) in snap.estimate_error} >= {"accuracy", "roc_auc"}
     error = {s: v for (_, _, _, s, _, v) in snap.estimate_error}
     assert error["accuracy"] == pytest.approx(estimated["accuracy"] - got["accuracy"], abs=1e-6)
+
+
+def test_series_of_a_slice_or_version_that_goes_away_are_retired() -> None:
+    q = Quality(settings(exporter={"retire_after_seconds": 7200}))
+    registry = CollectorRegistry()
+    registry.register(QualityCollector(q))
+
+    def traffic(start: int, countries: list[str], version: str, t0: float) -> None:
+        preds = [
+            Prediction(
+                f"p{start + k}",
+                "m",
+                version,
+                t0 + k,
+                {"x": 1.0},
+                0.7,
+                None,
+                None,
+                {"country": c},
+                0,
+                start + k,
+            )
+            for k, c in enumerate(countries)
+        ]
+        q.apply(preds, [Label(p.prediction_id, 1.0, p.timestamp + 1, 0, 0) for p in preds])
+
+    traffic(0, ["DE", "FR", "IS"] * 1000, "v1", T0)
+    assert {"country=IS", "country=FR"} <= exported_slices(registry)
+    # Iceland stops; Norway starts and takes its place among the three tracked values.
+    # Version v2 replaces v1, whose last activity falls more than 2h behind.
+    for batch in range(10):
+        t0 = T0 + 3000 + batch * 10_000
+        traffic(10_000 * (batch + 1), ["DE", "FR", "NO"] * 3000, "v2", t0)
+    assert exported_slices(registry) == {"__all__", "country=DE", "country=FR", "country=NO"}
+    versions = {
+        s.labels["model_version"]
+        for m in registry.collect()
+        for s in m.samples
+        if "model_version" in s.labels
+    }
+    assert versions == {"v2"}

@@ -38,17 +38,24 @@ def same(a: Table, b: Table) -> bool:
 def test_count_window_equals_recomputing(size: int, batch_sizes: list[int]) -> None:
     values = np.random.default_rng(len(batch_sizes)).normal(size=sum(batch_sizes))
     window = CountWindow(size, table_of(np.zeros(0)))
+    chunk = max(1, size // 16)
+    chunks: list[int] = []  # events per chunk: a batch joins the newest while it is small
     end = 0
-    for i, n in enumerate(batch_sizes):
+    for n in batch_sizes:
         window.add(table_of(values[end : end + n]))
         end += n
-        # the newest whole batches whose total first reaches `size`
+        if chunks and chunks[-1] < chunk:
+            chunks[-1] += n
+        else:
+            chunks.append(n)
+        # the newest whole chunks whose total first reaches `size`
         events = 0
-        for m in reversed(batch_sizes[: i + 1]):
+        for m in reversed(chunks):
             if events >= size:
                 break
             events += m
         assert same(window.total, table_of(values[end - events : end]))
+        assert len(window._tables) <= size // chunk + 2  # bounded, however small the batches
 
 
 @settings(max_examples=80)
