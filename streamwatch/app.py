@@ -42,8 +42,8 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> App:
     """The pipeline and its exporter, on a private registry unless one is given."""
     registry = registry or CollectorRegistry()
     profiles = load_profiles(settings)
-    monitor = Monitor(settings, profiles)
     quality = Quality(settings, profiles)
+    monitor = Monitor(settings, profiles, quality.slicers)  # quality counts slices in
     telemetry = Telemetry(registry, (settings.topics.predictions, settings.topics.labels))
     registry.register(MonitorCollector(monitor))
     registry.register(QualityCollector(quality))

@@ -175,6 +175,19 @@ class SliceSpec(_Section):
     keys: list[str] = Field(min_length=1)
     edges: dict[str, list[float]] = {}
     max_values: int = Field(default=50, ge=1, le=10_000)
+    # Also watch feature and prediction drift per tracked value (each against its own
+    # first `reference.warmup_events` events); the version's budget is shared with them.
+    drift: bool = False
+
+    @model_validator(mode="after")
+    def _drift_values_bounded(self) -> SliceSpec:
+        if self.drift and self.max_values > 100:
+            raise _problem(
+                f"drift per slice value keeps a reference and detectors for each of "
+                f"max_values={self.max_values} values",
+                "set max_values to 100 or less for a slice with drift: true",
+            )
+        return self
 
     @model_validator(mode="after")
     def _edges_name_keys(self) -> SliceSpec:

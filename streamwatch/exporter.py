@@ -128,7 +128,8 @@ def _family(
 
 
 VERSION = ["model", "model_version"]
-SIGNAL = [*VERSION, "signal", "feature"]
+SEGMENT = [*VERSION, "slice"]  # a model version, or one value of a slice with drift
+SIGNAL = [*SEGMENT, "signal", "feature"]
 
 
 class MonitorCollector(Collector):
@@ -152,8 +153,9 @@ class MonitorCollector(Collector):
         yield _family(
             g,
             "streamwatch_reference_warmup_ratio",
-            "Fill of a model version's warm-up reference; 1 once it has a reference.",
-            VERSION,
+            "Fill of a model version's (or slice value's) warm-up reference; 1 once it "
+            "has a reference.",
+            SEGMENT,
             snap.warmup,
         )
         yield _family(
@@ -176,22 +178,22 @@ class MonitorCollector(Collector):
             g,
             "streamwatch_window_events",
             "Events in a window (owned partitions).",
-            [*VERSION, "window"],
-            ((m, v, w, n) for m, v, w, n, _ in snap.windows),
+            [*SEGMENT, "window"],
+            ((m, v, s, w, n) for m, v, s, w, n, _ in snap.windows),
         )
         yield _family(
             g,
             "streamwatch_window_fill_ratio",
             "How full a window is: events over its size, or covered event time over its span.",
-            [*VERSION, "window"],
-            ((m, v, w, f) for m, v, w, _, f in snap.windows),
+            [*SEGMENT, "window"],
+            ((m, v, s, w, f) for m, v, s, w, _, f in snap.windows),
         )
         yield _family(
             g,
             "streamwatch_data_quality_ratio",
             "Share of a feature's events in the count window failing a check: "
             "missing, out_of_range, unseen_category or type_error.",
-            [*VERSION, "feature", "check"],
+            [*SEGMENT, "feature", "check"],
             snap.quality,
         )
         yield _family(
@@ -207,7 +209,7 @@ class MonitorCollector(Collector):
             "streamwatch_drift_threshold",
             "Threshold in force for a detector, derived from the false-alarm "
             "budget (CUSUM h, or the chi-square test's significance level).",
-            [*VERSION, "detector"],
+            [*SEGMENT, "detector"],
             snap.thresholds,
         )
         yield _family(
@@ -227,7 +229,7 @@ class MonitorCollector(Collector):
         )
 
 
-SLICE = [*VERSION, "slice"]
+SLICE = SEGMENT
 
 
 class QualityCollector(Collector):

@@ -1,9 +1,12 @@
 """Monitor: the detection engine, fed one decoded micro-batch at a time.
 
-Per model version (worker-wide): its signals (features and the prediction), its reference
-profile (from a file, or built from its first ``warmup_events`` events) and lineage.
-Per ``(predictions partition, model version)``: the windows (additive count tables) and the
-sequential detectors, so this state can move with its partition on a rebalance.
+Per segment (worker-wide): its signals (features and the prediction), its reference
+profile (from a file, or built from its first ``warmup_events`` events) and lineage. A
+segment is a model version (slice ``__all__``), or, for slices configured with
+``drift: true``, one tracked value of the slice within a version, which warms up its own
+reference from its own events. Per ``(predictions partition, segment)``: the windows
+(additive count tables) and the sequential detectors, so this state can move with its
+partition on a rebalance.
 
 A batch goes, per (model version, partition) group::
 
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +34,7 @@ from streamwatch.config import ModelSpec, Settings, WindowSpec
 from streamwatch.decode import Prediction, Rejection
 from streamwatch.detectors import Budget, Chi2Bank, Crossing, CusumBank, RiverBank
 from streamwatch.reference import Lineage, Profile, Signal, bin_index, build_profile, uniforms
+from streamwatch.slices import ALL, OTHER, Slicer
 from streamwatch.statistics import (
     FloatArray,
     IntArray,
@@ -43,6 +47,7 @@ from streamwatch.statistics import (
 from streamwatch.windows import CountWindow, Table, TimeWindow
 
 VersionKey = tuple[str, str]  # (model, model_version)
+SegmentKey = tuple[str, str, str]  # (model, model_version, slice)
 
 
 def signals_of(spec: ModelSpec) -> list[Signal]:
@@ -60,6 +65,7 @@ def signals_of(spec: ModelSpec) -> list[Signal]:
 class Alarm:
     model: str
     model_version: str
+    slice: str
     signal: str
     feature: str
     detector: str
@@ -74,16 +80,17 @@ class Alarm:
 class Snapshot:
     """What the exporter and the replay timeline read: plain rows, copied under the lock."""
 
-    scores: list[tuple[str, str, str, str, str, str, float]]  # m, v, signal, feature, stat, window
-    undefined: list[tuple[str, str, str, str, str, str]]  # m, v, signal, feature, window, reason
-    windows: list[tuple[str, str, str, int, float]]  # m, v, window, events, fill
-    quality: list[tuple[str, str, str, str, float]]  # m, v, feature, check, ratio
-    detector_ratio: list[tuple[str, str, str, str, str, float]]  # m, v, signal, feature, det
-    thresholds: list[tuple[str, str, str, float]]  # m, v, detector, value
+    # every row starts with the segment: model, model_version, slice
+    scores: list[tuple[str, str, str, str, str, str, str, float]]  # signal, feature, stat, window
+    undefined: list[tuple[str, str, str, str, str, str, str]]  # signal, feature, window, reason
+    windows: list[tuple[str, str, str, str, int, float]]  # window, events, fill
+    quality: list[tuple[str, str, str, str, str, float]]  # feature, check, ratio
+    detector_ratio: list[tuple[str, str, str, str, str, str, float]]  # signal, feature, detector
+    thresholds: list[tuple[str, str, str, str, float]]  # detector, value
     model_info: list[tuple[str, str, str, str, str]]  # m, v, reference, run id, data snapshot
-    warmup: list[tuple[str, str, float]]
-    alarms: dict[tuple[str, str, str, str, str], int]
-    last_alarm: dict[tuple[str, str, str, str, str], float]
+    warmup: list[tuple[str, str, str, float]]
+    alarms: dict[tuple[str, str, str, str, str, str], int]  # + signal, feature, detector
+    last_alarm: dict[tuple[str, str, str, str, str, str], float]
 
 
 class Layout:
@@ -139,7 +146,7 @@ class VersionState:
     """A model version's reference, worker-wide; warm-up until it has one."""
 
     def __init__(
-        self, layout: Layout, key: VersionKey, warmup: int, bins: int, profile: Profile | None
+        self, layout: Layout, key: SegmentKey, warmup: int, bins: int, profile: Profile | None
     ) -> None:
         self.layout = layout
         self.key = key
@@ -164,7 +171,7 @@ class VersionState:
             columns = {s.key: numeric[:, i] for i, s in enumerate(self.layout.numeric)}
             columns |= {s.key: categorical[:, i] for i, s in enumerate(self.layout.categorical)}
             self.profile = build_profile(
-                Lineage(*self.key, rows=self.filled), self.layout.signals, columns, self.bins
+                Lineage(*self.key[:2], rows=self.filled), self.layout.signals, columns, self.bins
             )
             self._rows = []
         return take
@@ -244,19 +251,35 @@ class PartitionState:
 
 
 class Monitor:
-    """Drift and data quality for every configured model, one micro-batch at a time."""
+    """Drift and data quality for every configured model, one micro-batch at a time.
+
+    ``slicers`` are the quality side's (which counts events in and picks the tracked slice
+    values); without them the monitor keeps its own."""
 
     def __init__(
-        self, settings: Settings, profiles: dict[VersionKey, Profile] | None = None
+        self,
+        settings: Settings,
+        profiles: dict[VersionKey, Profile] | None = None,
+        slicers: dict[str, Slicer] | None = None,
     ) -> None:
         self.drift = settings.drift
         self.specs = {m.name: m for m in settings.models}
         self.layouts = {m.name: Layout(m, self.drift.bins) for m in settings.models}
         self.profiles = profiles or {}
-        self.versions: dict[VersionKey, VersionState] = {}
-        self.partitions: dict[int, dict[VersionKey, PartitionState]] = {}
-        self.alarms: dict[tuple[str, str, str, str, str], int] = defaultdict(int)
-        self.last_alarm: dict[tuple[str, str, str, str, str], float] = {}
+        self.counts_slices = slicers is None
+        self.slicers = slicers or {m.name: Slicer(m.slices) for m in settings.models}
+        # per model: the slice specs (by index) with drift, and the segments a version can
+        # have, which share its false-alarm budget
+        self.drift_slices = {
+            m.name: [i for i, s in enumerate(m.slices) if s.drift] for m in settings.models
+        }
+        self.segments = {
+            m.name: 1 + sum(s.max_values for s in m.slices if s.drift) for m in settings.models
+        }
+        self.versions: dict[SegmentKey, VersionState] = {}
+        self.partitions: dict[int, dict[SegmentKey, PartitionState]] = {}
+        self.alarms: dict[tuple[str, str, str, str, str, str], int] = defaultdict(int)
+        self.last_alarm: dict[tuple[str, str, str, str, str, str], float] = {}
         self.alarm_log: deque[Alarm] = deque(maxlen=10_000)  # the latest, for logs and demo
         self.retire_after = settings.exporter.retire_after_seconds
         self.last_seen: dict[VersionKey, float] = {}  # event time of the newest prediction
@@ -284,7 +307,8 @@ class Monitor:
         raised: list[Alarm] = []
         with self._lock:
             for (model, version, partition), group in groups.items():
-                raised += self._apply_group((model, version), partition, group)
+                raised += self._apply_group((model, version, ALL), partition, group)
+                raised += self._apply_slices(model, version, partition, group)
                 newest = max(p.timestamp for p in group)
                 self.last_seen[(model, version)] = max(
                     self.last_seen.get((model, version), newest), newest
@@ -295,6 +319,7 @@ class Monitor:
                 key = (
                     alarm.model,
                     alarm.model_version,
+                    alarm.slice,
                     alarm.signal,
                     alarm.feature,
                     alarm.detector,
@@ -311,17 +336,50 @@ class Monitor:
         now: dict[str, float] = {}
         for (model, _), t in self.last_seen.items():
             now[model] = max(now.get(model, t), t)
-        idle = [k for k, t in self.last_seen.items() if now[k[0]] - t > self.retire_after]
+        idle = {k for k, t in self.last_seen.items() if now[k[0]] - t > self.retire_after}
         for key in idle:
             del self.last_seen[key]
-            self.versions.pop(key, None)
+        self._forget(lambda segment: segment[:2] in idle)
+        # slice values the quality side stopped tracking
+        self._forget(
+            lambda segment: (
+                segment[2] != ALL and not self.slicers[segment[0]].is_tracked(segment[2])
+            )
+        )
+
+    def _forget(self, retired: Callable[[SegmentKey], bool]) -> None:
+        for key in [k for k in self.versions if retired(k)]:
+            del self.versions[key]
             for states in self.partitions.values():
                 states.pop(key, None)
-            for alarm in [a for a in self.alarms if a[:2] == key]:
-                del self.alarms[alarm]
-                self.last_alarm.pop(alarm, None)
+        for alarm in [a for a in self.alarms if retired(a[:3])]:
+            del self.alarms[alarm]
+            self.last_alarm.pop(alarm, None)
 
-    def _version(self, key: VersionKey) -> VersionState:
+    def _apply_slices(
+        self, model: str, version: str, partition: int, group: list[Prediction]
+    ) -> list[Alarm]:
+        """The group's events again, per tracked value of each slice with drift."""
+        specs = self.drift_slices[model]
+        if not specs:
+            return []
+        slicer = self.slicers[model]
+        if self.counts_slices:
+            columns = slicer.columns(group)
+            values = [columns[i] for i in specs]
+        else:
+            values = [slicer.column(i, group) for i in specs]
+        raised: list[Alarm] = []
+        for column in values:
+            members: dict[str, list[Prediction]] = defaultdict(list)
+            for p, value in zip(group, column, strict=True):
+                members[value].append(p)
+            for value, events in members.items():
+                if not value.endswith(OTHER):  # the overflow mixes segments: not watched
+                    raised += self._apply_group((model, version, value), partition, events)
+        return raised
+
+    def _version(self, key: SegmentKey) -> VersionState:
         state = self.versions.get(key)
         if state is None:
             spec = self.specs[key[0]]
@@ -330,12 +388,12 @@ class Monitor:
                 key,
                 spec.reference.warmup_events,
                 self.drift.bins,
-                self.profiles.get(key),
+                self.profiles.get(key[:2]) if key[2] == ALL else None,
             )
             self.versions[key] = state
         return state
 
-    def _apply_group(self, key: VersionKey, partition: int, group: list[Prediction]) -> list[Alarm]:
+    def _apply_group(self, key: SegmentKey, partition: int, group: list[Prediction]) -> list[Alarm]:
         version = self._version(key)
         values, cats = version.layout.columns(group)
         if version.profile is None:
@@ -375,7 +433,7 @@ class Monitor:
         choice = [self.drift.detectors.get(s.name, self.drift.detector) for s in layout.numeric]
         cusum_columns = [j for j, c in enumerate(choice) if c == "cusum"]
         budget = Budget(
-            self.drift.false_alarm_budget_events,
+            self.drift.false_alarm_budget_events * self.segments[version.key[0]],
             len(cusum_columns),
             len(layout.categorical),
             self.drift.mean_shift_sigmas,
@@ -415,11 +473,12 @@ class Monitor:
                 offset += version.profile.categorical[s.key].width
             for c in detectors.chi2.update(codes):
                 found.append((layout.categorical[c.column], c))
-        model, model_version = version.key
+        model, model_version, slice_name = version.key
         return [
             Alarm(
                 model,
                 model_version,
+                slice_name,
                 s.signal,
                 s.name,
                 c.detector,
@@ -436,7 +495,7 @@ class Monitor:
         for r in rejections:
             if r.feature is None or r.model is None or r.model_version is None:
                 continue
-            key = (r.model, r.model_version)
+            key = (r.model, r.model_version, ALL)
             version = self.versions.get(key)
             state = self.partitions.get(r.partition, {}).get(key)
             if version is None or state is None:
@@ -457,21 +516,20 @@ class Monitor:
                 self._snapshot_version(key, version, snap)
             return snap
 
-    def _snapshot_version(self, key: VersionKey, version: VersionState, snap: Snapshot) -> None:
-        model, model_version = key
-        snap.warmup.append((model, model_version, version.warmup_ratio))
+    def _snapshot_version(self, key: SegmentKey, version: VersionState, snap: Snapshot) -> None:
+        model, model_version, slice_name = key
+        snap.warmup.append((*key, version.warmup_ratio))
         layout = version.layout
         if version.profile is None:
             for s in layout.signals:
                 for w in self.drift.windows:
-                    snap.undefined.append(
-                        (model, model_version, s.signal, s.name, w.name, "warming_up")
-                    )
+                    snap.undefined.append((*key, s.signal, s.name, w.name, "warming_up"))
             return
         lineage = version.profile.lineage
-        snap.model_info.append(
-            (model, model_version, lineage.source, lineage.run_id, lineage.data_snapshot)
-        )
+        if slice_name == ALL:
+            snap.model_info.append(
+                (model, model_version, lineage.source, lineage.run_id, lineage.data_snapshot)
+            )
         owned = [states[key] for states in self.partitions.values() if key in states]
         for w_index, spec in enumerate(self.drift.windows):
             windows = [state.windows[w_index] for state in owned]
@@ -479,7 +537,7 @@ class Monitor:
             for window in windows:
                 total = total + window.total
             fill = max((window.fill for window in windows), default=0.0)
-            snap.windows.append((model, model_version, spec.name, total.events, fill))
+            snap.windows.append((*key, spec.name, total.events, fill))
             self._scores(version, spec, total, snap)
             if w_index == 0:
                 self._quality(version, total, snap)
@@ -489,7 +547,6 @@ class Monitor:
         self, version: VersionState, spec: WindowSpec, total: Table, snap: Snapshot
     ) -> None:
         assert version.profile is not None
-        _model, _model_version = version.key
         layout = version.layout
         enough = total.events >= self.drift.min_window_events
         if layout.numeric:
@@ -542,7 +599,6 @@ class Monitor:
         has_values: bool,
         values: dict[str, float],
     ) -> None:
-        model, model_version = version.key
         if not has_values:
             reason = "no_values"
         elif not enough:
@@ -550,15 +606,13 @@ class Monitor:
         else:
             finite = {k: float(v) for k, v in values.items() if np.isfinite(v)}
             for statistic, value in finite.items():
-                snap.scores.append(
-                    (model, model_version, s.signal, s.name, statistic, window, value)
-                )
+                snap.scores.append((*version.key, s.signal, s.name, statistic, window, value))
             return
-        snap.undefined.append((model, model_version, s.signal, s.name, window, reason))
+        snap.undefined.append((*version.key, s.signal, s.name, window, reason))
 
     def _quality(self, version: VersionState, total: Table, snap: Snapshot) -> None:
         assert version.profile is not None
-        model, model_version = version.key
+        key = version.key
         layout = version.layout
         events = total.events
         if events == 0:
@@ -567,13 +621,10 @@ class Monitor:
         for j, s in enumerate(layout.numeric):
             if s.signal != "feature":
                 continue
-            snap.quality.append(
-                (model, model_version, s.name, "missing", float(total.bins[j, -1] / events))
-            )
+            snap.quality.append((*key, s.name, "missing", float(total.bins[j, -1] / events)))
             snap.quality.append(
                 (
-                    model,
-                    model_version,
+                    *key,
                     s.name,
                     "out_of_range",
                     float(total.out_of_range[j] / events),
@@ -586,17 +637,12 @@ class Monitor:
             offset += width
             if s.signal != "feature":
                 continue
-            snap.quality.append(
-                (model, model_version, s.name, "missing", float(counts[-1] / events))
-            )
-            snap.quality.append(
-                (model, model_version, s.name, "unseen_category", float(counts[-2] / events))
-            )
+            snap.quality.append((*key, s.name, "missing", float(counts[-1] / events)))
+            snap.quality.append((*key, s.name, "unseen_category", float(counts[-2] / events)))
         for i, name in enumerate(layout.features):
             snap.quality.append(
                 (
-                    model,
-                    model_version,
+                    *key,
                     name,
                     "type_error",
                     float(total.type_errors[i] / (events + rejected)),
@@ -606,25 +652,23 @@ class Monitor:
     def _detector_values(
         self, version: VersionState, owned: list[PartitionState], snap: Snapshot
     ) -> None:
-        model, model_version = version.key
+        key = version.key
         layout = version.layout
         banks = [state.detectors for state in owned]
         budget_bank = next((d.cusum for d in banks if d.cusum is not None), None)
         if budget_bank is not None:
             snap.thresholds.extend(
                 [
-                    (model, model_version, "cusum_mean", budget_bank.h_mean),
-                    (model, model_version, "cusum_scale_up", budget_bank.h_scale_up),
-                    (model, model_version, "cusum_scale_down", budget_bank.h_scale_down),
+                    (*key, "cusum_mean", budget_bank.h_mean),
+                    (*key, "cusum_scale_up", budget_bank.h_scale_up),
+                    (*key, "cusum_scale_down", budget_bank.h_scale_down),
                 ]
             )
             values = np.max([d.cusum.values() for d in banks if d.cusum is not None], axis=0)
             columns = banks[0].cusum_columns
             for c, value in zip(columns, values, strict=True):
                 s = layout.numeric[c]
-                snap.detector_ratio.append(
-                    (model, model_version, s.signal, s.name, "cusum", float(value))
-                )
+                snap.detector_ratio.append((*key, s.signal, s.name, "cusum", float(value)))
         chi2 = next((d.chi2 for d in banks if d.chi2 is not None), None)
         if chi2 is not None:
-            snap.thresholds.append((model, model_version, "chi2", chi2.alpha))
+            snap.thresholds.append((*key, "chi2", chi2.alpha))

@@ -74,7 +74,8 @@ def run(
     """Replay files through a monitor; write the timeline CSV if a path is given."""
     decoder = Decoder(settings)
     profiles = load_profiles(settings)
-    monitor = monitor or Monitor(settings, profiles)
+    quality = Quality(settings, profiles)
+    monitor = monitor or Monitor(settings, profiles, quality.slicers)
     result = ReplayResult()
     with predictions.open("rb") as f:
         decoded = decode_lines(decoder, f, settings.topics.predictions, False, result)
@@ -88,7 +89,6 @@ def run(
             ]
         result.labels = len(label_records)
         label_records.sort(key=lambda lb: lb.timestamp)
-    quality = Quality(settings, profiles)
     next_label = 0
     decoded.sort(key=lambda item: item[1].timestamp)
     events: list[Prediction] = []
@@ -122,6 +122,7 @@ def run(
                 "event_time",
                 "model",
                 "model_version",
+                "slice",
                 "signal",
                 "feature",
                 "window",
@@ -172,20 +173,19 @@ def _timeline_rows(
                     when,
                     model,
                     version,
-                    "quality",
                     slice_name,
+                    "quality",
+                    "",
                     window,
                     f"{kind}{score}",
                     f"{value:.6g}",
                 ]
             )
-    for model, version, signal, feature, statistic, window, value in snap.scores:
+    for *segment, signal, feature, statistic, window, value in snap.scores:
+        writer.writerow([done, when, *segment, signal, feature, window, statistic, f"{value:.6g}"])
+    for *segment, signal, feature, detector, value in snap.detector_ratio:
         writer.writerow(
-            [done, when, model, version, signal, feature, window, statistic, f"{value:.6g}"]
-        )
-    for model, version, signal, feature, detector, value in snap.detector_ratio:
-        writer.writerow(
-            [done, when, model, version, signal, feature, "", f"{detector}_ratio", f"{value:.6g}"]
+            [done, when, *segment, signal, feature, "", f"{detector}_ratio", f"{value:.6g}"]
         )
 
 
@@ -197,6 +197,7 @@ def write_alarms(result: ReplayResult, path: Path) -> None:
             "line": result.lines.get(a.offset),
             "model": a.model,
             "model_version": a.model_version,
+            "slice": a.slice,
             "signal": a.signal,
             "feature": a.feature,
             "detector": a.detector,

@@ -101,18 +101,29 @@ class Slicer:
         return ",".join(parts)
 
     def columns(self, predictions: list[Prediction]) -> list[list[str]]:
-        """Per spec, each event's tracked slice value (or ``NAME:__other__``)."""
+        """Count a batch in, update the tracked values, and return per spec each event's
+        tracked slice value (or ``NAME:__other__``). Call once per event."""
         out = []
         for i, spec in enumerate(self.specs):
             values = [self.value(spec, p) for p in predictions]  # one string per event
             batch = Counter(values)
             self.recent[i].update(batch)
             self._retrack(i)
-            tracked, other = self.tracked[i], f"{spec.name}:{OTHER}"
-            column = [v if v in tracked else other for v in values]
-            self.overflow[i] += sum(n for v, n in batch.items() if v not in tracked)
-            out.append(column)
+            self.overflow[i] += sum(n for v, n in batch.items() if v not in self.tracked[i])
+            out.append(self._tracked_or_other(i, values))
         return out
+
+    def column(self, i: int, predictions: list[Prediction]) -> list[str]:
+        """Spec ``i``'s tracked value (or ``NAME:__other__``) of each event, as tracked now,
+        without counting the events in (a second reader of events :meth:`columns` counts)."""
+        return self._tracked_or_other(i, [self.value(self.specs[i], p) for p in predictions])
+
+    def _tracked_or_other(self, i: int, values: list[str]) -> list[str]:
+        tracked, other = self.tracked[i], f"{self.specs[i].name}:{OTHER}"
+        return [v if v in tracked else other for v in values]
+
+    def is_tracked(self, value: str) -> bool:
+        return any(value in tracked for tracked in self.tracked)
 
     def _retrack(self, i: int) -> None:
         spec, recent, tracked = self.specs[i], self.recent[i], self.tracked[i]

@@ -58,7 +58,7 @@ class Pipeline:
         self.quality = quality
         self.telemetry = telemetry
         self.processed = 0
-        self._announced: set[tuple[str, str, str, str, str]] = set()
+        self._announced: set[tuple[str, str, str, str, str, str]] = set()
 
     def process(self, messages: Sequence[RawMessage], dead_letters: DeadLetters | None) -> Outcome:
         """Decode and apply one batch; rejections are sent (given a producer) and counted."""
@@ -91,14 +91,22 @@ class Pipeline:
         for alarm in alarms:
             # A drift that persists keeps firing (detectors restart after each alarm): the
             # first of each detector is a warning, the rest are in the counters.
-            key = (alarm.model, alarm.model_version, alarm.signal, alarm.feature, alarm.detector)
+            key = (
+                alarm.model,
+                alarm.model_version,
+                alarm.slice,
+                alarm.signal,
+                alarm.feature,
+                alarm.detector,
+            )
             level = logging.DEBUG if key in self._announced else logging.WARNING
             self._announced.add(key)
             log.log(
                 level,
-                "drift alarm: model=%s version=%s %s=%s detector=%s at offset %d",
+                "drift alarm: model=%s version=%s slice=%s %s=%s detector=%s at offset %d",
                 alarm.model,
                 alarm.model_version,
+                alarm.slice,
                 alarm.signal,
                 alarm.feature,
                 alarm.detector,

@@ -178,7 +178,7 @@ def test_the_worker_judges_a_version_against_its_profile(tmp_path: Path) -> None
             Profile.load(out, signals_of(settings.models[0])).lineage.data_snapshot,
         )
     ]
-    assert snap.warmup == [("fraud", "v7", 1.0)]  # no warm-up with a profile
+    assert snap.warmup == [("fraud", "v7", "__all__", 1.0)]  # no warm-up with a profile
 
 
 def test_a_profile_of_another_model_is_a_config_error(tmp_path: Path) -> None:
@@ -262,13 +262,13 @@ def test_replay_backtests_a_recorded_day(tmp_path: Path) -> None:
     accuracy = [
         float(r["value"])
         for r in rows
-        if r["signal"] == "quality" and r["feature"] == "__all__" and r["statistic"] == "accuracy"
+        if r["signal"] == "quality" and r["slice"] == "__all__" and r["statistic"] == "accuracy"
     ]
     estimated = [
         float(r["value"])
         for r in rows
         if r["signal"] == "quality"
-        and r["feature"] == "__all__"
+        and r["slice"] == "__all__"
         and r["statistic"] == "estimated_accuracy"
     ]
     assert accuracy

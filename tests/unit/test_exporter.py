@@ -62,6 +62,7 @@ def test_demo_run_exports_exact_counts_and_the_alarm() -> None:
         {
             "model": "fraud-detector",
             "model_version": "2026.11.1",
+            "slice": "__all__",
             "signal": "feature",
             "feature": "amount",
             "detector": "cusum_mean",
@@ -100,3 +101,30 @@ def test_metrics_documented_are_the_metrics_registered() -> None:
         )
     )
     assert names == documented
+
+
+def test_drift_per_slice_value_in_the_worker_pipeline() -> None:
+    """With ``drift: true`` on a slice, the worker's monitor follows the values the quality
+    side tracks, and the exported drift series carry them in ``slice``."""
+    config = {**DEMO_CONFIG}
+    model = {**config["models"][0]}
+    model["slices"] = [{"name": "country", "keys": ["country"], "max_values": 3, "drift": True}]
+    model["reference"] = {"warmup_events": 1000}
+    config["models"] = [model]
+    app = build(parse_settings(config))
+    run_in_memory(app, Scenario(events=12_000, drift_at=8000))
+    samples = [s for m in app.registry.collect() for s in m.samples]
+    warmed = {
+        s.labels["slice"]
+        for s in samples
+        if s.name == "streamwatch_reference_warmup_ratio" and s.value == 1.0
+    }
+    tracked = app.pipeline.quality.slicers["fraud-detector"].tracked[0]
+    assert len(tracked) == 3
+    assert warmed == {"__all__", *tracked}
+    alarmed = {
+        s.labels["slice"]
+        for s in samples
+        if s.name == "streamwatch_drift_alarms_total" and s.labels["feature"] == "amount"
+    }
+    assert alarmed & set(tracked)  # the shift in amount is seen within slice values too

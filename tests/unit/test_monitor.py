@@ -64,7 +64,7 @@ def batch(
 def scores(monitor: Monitor, statistic: str, window: str = "events_500") -> dict[str, float]:
     return {
         f: v
-        for (_, _, _, f, s, w, v) in monitor.snapshot().scores
+        for (_, _, _, _, f, s, w, v) in monitor.snapshot().scores
         if s == statistic and w == window
     }
 
@@ -74,8 +74,8 @@ def test_warming_up_is_said_not_silently_missing() -> None:
     monitor.apply(batch(0, 750))
     snap = monitor.snapshot()
     assert snap.scores == []
-    assert snap.warmup == [("m", "v1", 0.75)]
-    reasons = {(s, f, w): r for (_, _, s, f, w, r) in snap.undefined}
+    assert snap.warmup == [("m", "v1", "__all__", 0.75)]
+    reasons = {(s, f, w): r for (_, _, _, s, f, w, r) in snap.undefined}
     assert reasons[("feature", "a", "events_500")] == "warming_up"
     assert reasons[("prediction", "prediction", "10m")] == "warming_up"
     assert snap.model_info == []
@@ -93,11 +93,11 @@ def test_stationary_stream_scores_everything_and_raises_nothing() -> None:
     assert set(scores(monitor, "ks")) == {"a", "b", "prediction"}
     assert set(scores(monitor, "chi2_pvalue")) == {"c"}
     assert all(v < 0.1 for v in scores(monitor, "psi").values())
-    assert {(w, n) for (_, _, w, n, _) in snap.windows} == {("events_500", 500), ("10m", 600)}
-    quality = {(f, c): r for (_, _, f, c, r) in snap.quality}
+    assert {(w, n) for (_, _, _, w, n, _) in snap.windows} == {("events_500", 500), ("10m", 600)}
+    quality = {(f, c): r for (_, _, _, f, c, r) in snap.quality}
     assert quality[("a", "missing")] == 0.0
     assert quality[("c", "unseen_category")] == 0.0
-    assert {d for (_, _, d, _) in snap.thresholds} == {
+    assert {d for (_, _, _, d, _) in snap.thresholds} == {
         "cusum_mean",
         "cusum_scale_up",
         "cusum_scale_down",
@@ -117,7 +117,9 @@ def test_a_mean_shift_in_one_feature_alarms_that_feature_within_a_few_hundred_ev
     assert features == {("a", "cusum_mean")}
     first = min(a.offset for a in raised)
     assert 5000 <= first < 5500
-    assert monitor.snapshot().alarms[("m", "v1", "feature", "a", "cusum_mean")] == len(raised)
+    assert monitor.snapshot().alarms[("m", "v1", "__all__", "feature", "a", "cusum_mean")] == len(
+        raised
+    )
     assert scores(monitor, "mean_shift")["a"] > 0.3
 
 
@@ -133,7 +135,10 @@ def test_versions_have_their_own_reference() -> None:
     monitor = Monitor(SETTINGS)
     monitor.apply(batch(0, 1200, version="v1"))
     monitor.apply(batch(0, 100, version="v2", shift=3.0))
-    assert sorted(monitor.snapshot().warmup) == [("m", "v1", 1.0), ("m", "v2", 0.1)]
+    assert sorted(monitor.snapshot().warmup) == [
+        ("m", "v1", "__all__", 1.0),
+        ("m", "v2", "__all__", 0.1),
+    ]
 
 
 def test_revoking_a_partition_drops_its_windows() -> None:
@@ -141,12 +146,12 @@ def test_revoking_a_partition_drops_its_windows() -> None:
     monitor.assign([0, 1])
     monitor.apply(batch(0, 1000, partition=0))
     monitor.apply(batch(1000, 300, partition=0) + batch(1300, 300, partition=1))
-    assert {(w, n) for (_, _, w, n, _) in monitor.snapshot().windows if w == "events_500"} == {
+    assert {(w, n) for (_, _, _, w, n, _) in monitor.snapshot().windows if w == "events_500"} == {
         ("events_500", 600)
     }
     monitor.revoke([0])
     assert set(monitor.partitions) == {1}
-    assert {n for (_, _, w, n, _) in monitor.snapshot().windows if w == "events_500"} == {300}
+    assert {n for (_, _, _, w, n, _) in monitor.snapshot().windows if w == "events_500"} == {300}
     monitor.revoke([1])
     undefined = {r for (*_, r) in monitor.snapshot().undefined}
     assert undefined == {"no_values"}
@@ -161,8 +166,8 @@ def test_a_feature_that_went_missing_has_no_score_and_a_missing_ratio() -> None:
     monitor.apply(events)
     snap = monitor.snapshot()
     assert "b" not in scores(monitor, "psi")
-    assert ("m", "v1", "feature", "b", "events_500", "no_values") in snap.undefined
-    assert ("m", "v1", "b", "missing", 1.0) in snap.quality
+    assert ("m", "v1", "__all__", "feature", "b", "events_500", "no_values") in snap.undefined
+    assert ("m", "v1", "__all__", "b", "missing", 1.0) in snap.quality
 
 
 def test_type_errors_count_in_the_quality_ratio() -> None:
@@ -173,7 +178,7 @@ def test_type_errors_count_in_the_quality_ratio() -> None:
         for _ in range(4)
     ]
     monitor.apply(batch(1400, 100), bad)
-    quality = {(f, c): r for (_, _, f, c, r) in monitor.snapshot().quality}
+    quality = {(f, c): r for (_, _, _, f, c, r) in monitor.snapshot().quality}
     events = 500  # the count window: whole batches reaching 500 events
     assert quality[("a", "type_error")] == 4 / (events + 4)
     assert quality[("b", "type_error")] == 0.0
@@ -191,3 +196,58 @@ def test_a_version_without_predictions_for_a_while_is_retired() -> None:
     assert {w[1] for w in snap.warmup} == {"v2"}
     assert not snap.alarms
     assert all(row[1] == "v2" for row in snap.model_info + snap.windows)
+
+
+def sliced_batch(start: int, n: int, shift_in: str = "", shift: float = 0.0) -> list[Prediction]:
+    """Events of two countries (IS: one in ten); feature a shifts by ``shift`` in one."""
+    rng = np.random.default_rng(start)
+    countries = np.where(rng.random(n) < 0.1, "IS", "DE")
+    a = rng.normal(0.0, 1.0, n) + np.where(countries == shift_in, shift, 0.0)
+    return [
+        Prediction(
+            f"p{start + i}",
+            "m",
+            "v1",
+            float(start + i),
+            {"a": float(a[i]), "b": float(rng.normal()), "c": "x"},
+            0.5,
+            None,
+            None,
+            {"country": str(countries[i])},
+            0,
+            start + i,
+        )
+        for i in range(n)
+    ]
+
+
+def test_drift_in_one_slice_alarms_that_slice() -> None:
+    """A mean shift in a tenth of the traffic: the slice's own charts catch it, against the
+    slice's own reference; the other slice stays quiet."""
+    config = {**CONFIG}
+    config["models"] = [
+        {
+            **CONFIG["models"][0],
+            "slices": [{"name": "country", "keys": ["country"], "max_values": 3, "drift": True}],
+        }
+    ]
+    monitor = Monitor(parse_settings(config))
+    raised = []
+    for start in range(0, 20_000, 500):
+        raised += monitor.apply(sliced_batch(start, 500))
+    assert raised == []
+    snap = monitor.snapshot()
+    assert {row[2] for row in snap.warmup} == {"__all__", "country=DE", "country=IS"}
+    # the version shares its false-alarm budget with the 3 slice values it may track
+    single = Monitor(SETTINGS)
+    single.apply(batch(0, 1500))
+    h = {d: v for (_, _, sl, d, v) in snap.thresholds if sl == "__all__"}
+    h_single = {d: v for (_, _, _, d, v) in single.snapshot().thresholds}
+    assert h["cusum_mean"] > h_single["cusum_mean"]
+    for start in range(20_000, 30_000, 500):
+        raised += monitor.apply(sliced_batch(start, 500, shift_in="IS", shift=1.0))
+    on_a = {(a.slice, a.detector) for a in raised if a.feature == "a"}
+    assert ("country=IS", "cusum_mean") in on_a
+    assert not any(a.slice == "country=DE" for a in raised)
+    first = min(a.offset for a in raised if a.slice == "country=IS")
+    assert 20_000 <= first < 22_000  # about 2,000 events hold 200 of the slice's
