@@ -3,6 +3,7 @@ from __future__ import annotations
 import re
 import urllib.error
 import urllib.request
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -106,7 +107,7 @@ def test_metrics_documented_are_the_metrics_registered() -> None:
 def test_drift_per_slice_value_in_the_worker_pipeline() -> None:
     """With ``drift: true`` on a slice, the worker's monitor follows the values the quality
     side tracks, and the exported drift series carry them in ``slice``."""
-    config = {**DEMO_CONFIG}
+    config: dict[str, Any] = {**DEMO_CONFIG}
     model = {**config["models"][0]}
     model["slices"] = [{"name": "country", "keys": ["country"], "max_values": 3, "drift": True}]
     model["reference"] = {"warmup_events": 1000}
