@@ -48,6 +48,10 @@ DEMO_CONFIG: dict[str, object] = {
         "false_alarm_budget_events": 1_000_000,
         "windows": [{"events": 2000}, {"seconds": 3600}, {"seconds": 86400}],
     },
+    # the demo's stream spans hours: a sliding day shows it all, a tumbling hour its hours
+    "quality": {
+        "windows": [{"events": 1000}, {"seconds": 3600, "tumbling": True}, {"seconds": 86400}]
+    },
     "worker": {"batch_size": 2000},
 }
 
