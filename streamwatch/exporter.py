@@ -406,6 +406,14 @@ class QualityCollector(Collector):
             [*SLICE, "detector"],
             ((*k, n) for k, n in snap.concept_alarms.items()),
         )
+        yield _family(
+            g,
+            "streamwatch_concept_drift_last_alarm_timestamp_seconds",
+            "Label event time of the labelled prediction that raised the latest concept "
+            "drift alarm.",
+            [*SLICE, "detector"],
+            ((*k, t) for k, t in snap.concept_last_alarm.items()),
+        )
 
 
 def _correct(task: str, totals: Counts) -> float:

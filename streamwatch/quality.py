@@ -77,6 +77,7 @@ class QualitySnapshot:
     overflow: dict[tuple[str, str], int] = field(default_factory=dict)
     tracked: dict[tuple[str, str], int] = field(default_factory=dict)
     concept_alarms: dict[tuple[str, str, str, str], int] = field(default_factory=dict)
+    concept_last_alarm: dict[tuple[str, str, str, str], float] = field(default_factory=dict)
 
 
 def _new_window(spec: WindowSpec) -> Window:
@@ -187,6 +188,7 @@ class Quality:
         self.duplicate_labels = 0
         self.duplicate_predictions: dict[str, int] = defaultdict(int)
         self.concept_alarms: dict[tuple[str, str, str, str], int] = defaultdict(int)
+        self.concept_last_alarm: dict[tuple[str, str, str, str], float] = {}
         self.retire_after = settings.exporter.retire_after_seconds
         self.last_seen: dict[tuple[str, str], float] = {}  # event time of the newest activity
         self.now: dict[str, float] = {}  # per model: its newest prediction time
@@ -498,7 +500,9 @@ class Quality:
                 continue
             detector.update(error if spec.task == "regression" else bool(error))
             if detector.drift_detected:
-                self.concept_alarms[(model, version, slice_name, name)] += 1
+                counted = (model, version, slice_name, name)
+                self.concept_alarms[counted] += 1
+                self.concept_last_alarm[counted] = max(self.concept_last_alarm.get(counted, t), t)
                 alarms.append(ConceptAlarm(model, version, slice_name, name, t))
         return alarms
 
@@ -556,6 +560,7 @@ class Quality:
         self.totals.pop(code, None)
         for alarm in [a for a in self.concept_alarms if a[:3] == (model, version, slice_name)]:
             del self.concept_alarms[alarm]
+            self.concept_last_alarm.pop(alarm, None)
 
     def take_label_delays(self) -> list[tuple[str, float]]:
         """(model, label time - prediction time) of the pairs joined since the last call."""
@@ -588,6 +593,7 @@ class Quality:
                     for i, s in enumerate(spec.slices)
                 },
                 concept_alarms=dict(self.concept_alarms),
+                concept_last_alarm=dict(self.concept_last_alarm),
             )
             for code, key in enumerate(self.keys.names):
                 self._window_scores(code, key, snap)
