@@ -4,12 +4,14 @@ A slice spec names keys (attributes first, then features); an event's slice valu
 ``key=value`` pairs joined by ``,`` (numeric keys with edges become buckets such as
 ``amount=[10,100)``). Each spec tracks at most ``max_values`` values, its *heavy hitters*:
 
-- a sketch of recent frequencies (:class:`RecentCounts`, decayed with a half-life of
-  ``HALF_LIFE_EVENTS`` events) sees every value;
-- a value is tracked once it carries at least ``1 / (20 * max_values)`` of the recent
+- a summary of recent frequencies (:class:`RecentCounts`, decayed with a half-life of
+  ``HALF_LIFE_EVENTS`` events, ``40 * max_values`` entries) sees every value;
+- a value is tracked once its count carries at least ``1 / (20 * max_values)`` of the recent
   traffic (``ENTER_SHARE``: 0.1% for the default 50) and there is room, or once it also
-  outweighs the lightest tracked value by ``MARGIN`` (which it then replaces);
-- a tracked value whose share falls under an eighth of that is retired.
+  outweighs the lightest tracked value by ``MARGIN`` (which it then replaces). The summary
+  undercounts by at most ``1 / (40 * max_values)`` of the traffic, so every value with twice
+  the entering share qualifies;
+- a tracked value whose share falls under an eighth of the entering share is retired.
 
 Every other event is counted as overflow and scored under ``NAME:__other__``. Whatever the
 input, the number of slice series stays bounded, and a value that goes away is retired.
@@ -45,12 +47,13 @@ def _bucket(value: Any, edges: list[float]) -> str:
 class RecentCounts:
     """Decayed frequencies of the most frequent values, in bounded memory.
 
-    A mergeable frequent-items summary (Misra-Gries, as merged by Agarwal et al. 2012):
-    each batch's counts are added, all counts decay by ``0.5 ** (events / half_life)``, and
-    beyond ``capacity`` entries only the heaviest are kept. A kept count never exceeds the
-    value's true decayed frequency, and a value heavier than ``dropped`` (the heaviest count
-    ever dropped, decayed) is never lost. river's ``sketch.HeavyHitters`` does the same per
-    event and unweighted; per batch this costs one ``Counter`` (about 10x less).
+    The Misra-Gries frequent-items summary, merged a batch at a time (Agarwal et al. 2012,
+    "Mergeable summaries"): all counts decay by ``0.5 ** (events / half_life)``, the batch's
+    counts are added, and beyond ``capacity`` entries the ``capacity + 1``-th largest count
+    is subtracted from every entry and the entries left without weight are dropped. Every
+    count is at most its value's true decayed frequency, and at least that minus
+    ``total / (capacity + 1)``. river's ``sketch.HeavyHitters`` counts per event and
+    unweighted; per batch this costs one ``Counter`` (about 10x less per event).
     """
 
     def __init__(self, capacity: int, half_life: float = HALF_LIFE_EVENTS) -> None:
@@ -58,7 +61,6 @@ class RecentCounts:
         self.half_life = half_life
         self.counts: dict[str, float] = {}
         self.total = 0.0
-        self.dropped = 0.0
 
     def update(self, batch: Counter[str]) -> None:
         events = sum(batch.values())
@@ -67,11 +69,10 @@ class RecentCounts:
         for value, n in batch.items():
             counts[value] = counts.get(value, 0.0) + n
         self.total = self.total * decay + events
-        self.dropped *= decay
         if len(counts) > self.capacity:
             kept = heapq.nlargest(self.capacity + 1, counts.items(), key=lambda item: item[1])
-            self.dropped = max(self.dropped, kept[-1][1])
-            counts = dict(kept[:-1])
+            cut = kept[-1][1]
+            counts = {v: c - cut for v, c in kept[:-1] if c > cut}
         self.counts = counts
 
     def share(self, value: str) -> float:
@@ -84,7 +85,7 @@ class Slicer:
     def __init__(self, specs: list[SliceSpec]) -> None:
         self.specs = specs
         self.tracked: list[dict[str, None]] = [{} for _ in specs]  # ordered sets
-        self.recent = [RecentCounts(4 * s.max_values) for s in specs]
+        self.recent = [RecentCounts(40 * s.max_values) for s in specs]
         self.overflow = [0] * len(specs)
         self.retired: list[tuple[str, str]] = []  # (spec name, value) since the last take
 
