@@ -299,6 +299,20 @@ class QualityCollector(Collector):
         )
         yield _family(
             c,
+            "streamwatch_class_events",
+            "Multiclass models, whole version (slice __all__): labelled predictions per "
+            "class and cell (tp, fp, fn), for exact macro scores across workers.",
+            [*SLICE, "class", "cell"],
+            (
+                (*k, name, cell, t.get(cell)[code])
+                for k, t in totals.items()
+                if snap.tasks[k[0]] == "multiclass" and k[2] == "__all__"
+                for code, name in enumerate(snap.class_names[k[0]])
+                for cell in ("tp", "fp", "fn")
+            ),
+        )
+        yield _family(
+            c,
             "streamwatch_loss_sum",
             "Sums of per-prediction log loss and Brier score (binary models, and "
             "multiclass models with class probabilities).",

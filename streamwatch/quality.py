@@ -68,6 +68,7 @@ class QualitySnapshot:
     estimate_error: list[tuple[str, str, str, str, str, float]] = field(default_factory=list)
     totals: dict[SliceKey, Counts] = field(default_factory=dict)
     tasks: dict[str, str] = field(default_factory=dict)
+    class_names: dict[str, list[str]] = field(default_factory=dict)  # by code, per model
     pending: dict[str, int] = field(default_factory=dict)
     expired: dict[tuple[str, str], int] = field(default_factory=dict)
     joined: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -574,6 +575,7 @@ class Quality:
             snap = QualitySnapshot(
                 totals={self.keys.names[k]: c for k, c in self.totals.items()},
                 tasks={n: s.task for n, s in self.specs.items()},
+                class_names={n: _by_code(c) for n, c in self.classes.items()},
                 pending={
                     n: sum(len(p.pending[n]) for p in self.partitions.values()) for n in self.specs
                 },
@@ -633,6 +635,13 @@ def _scores(task: str, counts: Counts) -> dict[str, float]:
     if task == "regression":
         return regression_scores(counts)
     return multiclass_scores(counts)
+
+
+def _by_code(classes: dict[str, int]) -> list[str]:
+    names = ["__other__"] * MAX_CLASSES  # the last code is shared by classes past the cap
+    for name, code in classes.items():
+        names[code] = name
+    return names[: max(classes.values(), default=-1) + 1]
 
 
 def _estimated_scores(task: str, counts: Counts) -> dict[str, float]:

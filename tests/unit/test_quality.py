@@ -357,3 +357,47 @@ def test_series_of_a_slice_or_version_that_goes_away_are_retired() -> None:
         if "model_version" in s.labels
     }
     assert versions == {"v2"}
+
+
+def test_multiclass_cells_are_exported_per_class_for_the_version() -> None:
+    q = Quality(
+        parse_settings(
+            {
+                "models": [
+                    {
+                        "name": "intent",
+                        "task": "multiclass",
+                        "features": [{"name": "x", "type": "numeric"}],
+                        "slices": [{"name": "country", "keys": ["country"]}],
+                    }
+                ]
+            }
+        )
+    )
+    registry = CollectorRegistry()
+    registry.register(QualityCollector(q))
+    predicted, actual = ["a", "a", "b", "c"], ["a", "b", "b", "a"]
+    preds = [
+        Prediction(
+            f"c{i}", "intent", "1", T0 + i, {"x": 1.0}, c, None, None, {"country": "DE"}, 0, i
+        )
+        for i, c in enumerate(predicted)
+    ]
+    q.apply(preds, [Label(f"c{i}", c, T0 + i, 0, i) for i, c in enumerate(actual)])
+
+    def cell(name: str, kind: str) -> float | None:
+        labels = {"model": "intent", "model_version": "1", "slice": "__all__"}
+        return registry.get_sample_value(
+            "streamwatch_class_events_total", {**labels, "class": name, "cell": kind}
+        )
+
+    assert [cell("a", k) for k in ("tp", "fp", "fn")] == [1, 1, 1]
+    assert [cell("b", k) for k in ("tp", "fp", "fn")] == [1, 0, 1]
+    assert [cell("c", k) for k in ("tp", "fp", "fn")] == [0, 1, 0]
+    per_slice = [
+        s
+        for m in registry.collect()
+        for s in m.samples
+        if s.name == "streamwatch_class_events_total"
+    ]
+    assert {s.labels["slice"] for s in per_slice} == {"__all__"}
