@@ -129,3 +129,62 @@ def test_check_config_cli_accepts_the_shipped_example() -> None:
     result = _check_config(ROOT / "examples" / "streamwatch.yaml")
     assert result.returncode == 0, result.stderr
     assert "OK" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("change", "path", "words"),
+    [
+        (
+            {"drift": {"windows": [{"events": 500}, {"seconds": 60, "tumbling": True}]}},
+            "drift.windows",
+            "tumbling",
+        ),
+        (
+            {"quality": {"windows": [{"events": 500, "tumbling": True}]}},
+            "quality.windows.0",
+            "seconds",
+        ),
+        ({"models": [{**MINIMAL["models"][0], "classes": ["a", "b"]}]}, "models.0", "multiclass"),
+        (
+            {"models": [{**MINIMAL["models"][0], "task": "multiclass", "classes": ["a", "a"]}]},
+            "models.0",
+            "distinct",
+        ),
+        (
+            {
+                "models": [
+                    {
+                        **MINIMAL["models"][0],
+                        "slices": [{"name": "c", "keys": ["c"], "max_values": 500, "drift": True}],
+                    }
+                ]
+            },
+            "models.0.slices.0",
+            "max_values",
+        ),
+    ],
+)
+def test_new_window_class_and_slice_settings_name_the_field_and_the_fix(
+    change: dict[str, object], path: str, words: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_settings({**MINIMAL, **change})
+    [problem] = caught.value.problems
+    assert problem.path == path
+    assert words in problem.message + problem.hint
+    assert problem.hint
+
+
+def test_tumbling_windows_are_named_apart_from_sliding_ones() -> None:
+    settings = parse_settings(
+        {
+            **MINIMAL,
+            "quality": {"windows": [{"seconds": 3600}, {"seconds": 3600, "tumbling": True}]},
+        }
+    )
+    assert [w.name for w in settings.quality.windows] == ["1h", "tumbling_1h"]
+    assert [w.name for w in parse_settings(MINIMAL).quality.windows] == [
+        "events_1000",
+        "tumbling_1h",
+        "tumbling_1d",
+    ]
