@@ -210,9 +210,13 @@ def _replay(args: argparse.Namespace) -> int:
     )
     first: dict[tuple[str, ...], int] = {}
     for a in result.alarms:
-        first.setdefault((a.model, a.model_version, a.signal, a.feature, a.detector), a.offset)
-    for (model, version, kind, feature, detector), index in first.items():
-        print(f"  first alarm {model} {version} {kind}={feature} {detector} at event {index:,}")
+        where = "" if a.slice == "__all__" else f" in {a.slice}"
+        key = (a.model, a.model_version, where, a.signal, a.feature, a.detector)
+        first.setdefault(key, a.offset)
+    for (model, version, where, kind, feature, detector), index in first.items():
+        print(
+            f"  first alarm {model} {version}{where} {kind}={feature} {detector} at event {index:,}"
+        )
     return 0
 
 
