@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from streamwatch.activity import Activity, VersionKey
 from streamwatch.config import ModelSpec, Settings, WindowSpec
 from streamwatch.decode import Prediction, Rejection
 from streamwatch.detectors import Budget, Chi2Bank, Crossing, CusumBank, RiverBank
@@ -46,7 +47,6 @@ from streamwatch.statistics import (
 )
 from streamwatch.windows import CountWindow, Table, TimeWindow
 
-VersionKey = tuple[str, str]  # (model, model_version)
 SegmentKey = tuple[str, str, str]  # (model, model_version, slice)
 
 
@@ -59,6 +59,9 @@ def signals_of(spec: ModelSpec) -> list[Signal]:
         )
     )
     return out
+
+
+AlarmKey = tuple[str, str, str, str, str, str]  # segment, signal, feature, detector
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,18 @@ class Alarm:
     partition: int
     offset: int
 
+    @property
+    def key(self) -> AlarmKey:
+        """What the alarm counters are labelled by."""
+        return (
+            self.model,
+            self.model_version,
+            self.slice,
+            self.signal,
+            self.feature,
+            self.detector,
+        )
+
 
 @dataclass(frozen=True)
 class Snapshot:
@@ -89,8 +104,8 @@ class Snapshot:
     thresholds: list[tuple[str, str, str, str, float]]  # detector, value
     model_info: list[tuple[str, str, str, str, str]]  # m, v, reference, run id, data snapshot
     warmup: list[tuple[str, str, str, float]]
-    alarms: dict[tuple[str, str, str, str, str, str], int]  # + signal, feature, detector
-    last_alarm: dict[tuple[str, str, str, str, str, str], float]
+    alarms: dict[AlarmKey, int]
+    last_alarm: dict[AlarmKey, float]
 
 
 class Layout:
@@ -278,11 +293,10 @@ class Monitor:
         }
         self.versions: dict[SegmentKey, VersionState] = {}
         self.partitions: dict[int, dict[SegmentKey, PartitionState]] = {}
-        self.alarms: dict[tuple[str, str, str, str, str, str], int] = defaultdict(int)
-        self.last_alarm: dict[tuple[str, str, str, str, str, str], float] = {}
+        self.alarms: dict[AlarmKey, int] = defaultdict(int)
+        self.last_alarm: dict[AlarmKey, float] = {}
         self.alarm_log: deque[Alarm] = deque(maxlen=10_000)  # the latest, for logs and demo
-        self.retire_after = settings.exporter.retire_after_seconds
-        self.last_seen: dict[VersionKey, float] = {}  # event time of the newest prediction
+        self.activity = Activity(settings.exporter.retire_after_seconds)
         self._lock = threading.Lock()
 
     # -- partition ownership ------------------------------------------------------------
@@ -309,37 +323,23 @@ class Monitor:
             for (model, version, partition), group in groups.items():
                 raised += self._apply_group((model, version, ALL), partition, group)
                 raised += self._apply_slices(model, version, partition, group)
-                newest = max(p.timestamp for p in group)
-                self.last_seen[(model, version)] = max(
-                    self.last_seen.get((model, version), newest), newest
-                )
+                self.activity.saw((model, version), max(p.timestamp for p in group))
             self._retire_idle_versions()
             self._count_type_errors(rejections)
             for alarm in raised:
-                key = (
-                    alarm.model,
-                    alarm.model_version,
-                    alarm.slice,
-                    alarm.signal,
-                    alarm.feature,
-                    alarm.detector,
+                self.alarms[alarm.key] += 1
+                self.last_alarm[alarm.key] = max(
+                    self.last_alarm.get(alarm.key, 0.0), alarm.event_time
                 )
-                self.alarms[key] += 1
-                self.last_alarm[key] = max(self.last_alarm.get(key, 0.0), alarm.event_time)
             self.alarm_log.extend(raised)
         return raised
 
     def _retire_idle_versions(self) -> None:
-        """Forget model versions without predictions for ``retire_after`` seconds of their
-        model's event time: their series leave /metrics; if one comes back, it starts over
-        (a new warm-up, or its profile)."""
-        now: dict[str, float] = {}
-        for (model, _), t in self.last_seen.items():
-            now[model] = max(now.get(model, t), t)
-        idle = {k for k, t in self.last_seen.items() if now[k[0]] - t > self.retire_after}
-        for key in idle:
-            del self.last_seen[key]
-        self._forget(lambda segment: segment[:2] in idle)
+        """Forget idle model versions (:mod:`streamwatch.activity`): their series leave
+        /metrics; if one comes back, it starts over (a new warm-up, or its profile)."""
+        idle = set(self.activity.take_idle())
+        if idle:
+            self._forget(lambda segment: segment[:2] in idle)
         # slice values the quality side stopped tracking
         self._forget(
             lambda segment: (

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from river import drift
 
+from streamwatch.activity import Activity
 from streamwatch.config import ModelSpec, QualitySettings, Settings, WindowSpec
 from streamwatch.decode import Label, Prediction
 from streamwatch.join import PendingPredictions, id_hash
@@ -190,9 +191,7 @@ class Quality:
         self.duplicate_predictions: dict[str, int] = defaultdict(int)
         self.concept_alarms: dict[tuple[str, str, str, str], int] = defaultdict(int)
         self.concept_last_alarm: dict[tuple[str, str, str, str], float] = {}
-        self.retire_after = settings.exporter.retire_after_seconds
-        self.last_seen: dict[tuple[str, str], float] = {}  # event time of the newest activity
-        self.now: dict[str, float] = {}  # per model: its newest prediction time
+        self.activity = Activity(settings.exporter.retire_after_seconds)
         self._delays: list[tuple[str, float]] = []
         self._lock = threading.Lock()
 
@@ -257,12 +256,11 @@ class Quality:
                 columns["value"] = np.array(
                     [self._class(name, str(p.prediction)) for p in group], dtype=np.float32
                 )
-                for j, probabilities in enumerate(_probability_columns(spec, group)):
-                    columns[f"p{j}"] = probabilities
+                columns |= _probability_columns(spec, group)
             else:
                 columns["value"] = np.array([float(p.prediction) for p in group])
             times = np.array([p.timestamp for p in group])
-            self._seen(name, versions, times)
+            self._saw(key_columns[0], times, prediction=True)
             keys = [id_hash(p.prediction_id) for p in group]
             added = store.add_many(keys, times, columns)
             self.duplicate_predictions[name] += int((~added).sum())
@@ -306,10 +304,8 @@ class Quality:
                 return estimated_counts(scores[rows], calibrated[rows], threshold)
 
             return np.arange(len(kept)), binary
-        if spec.task == "multiclass" and spec.classes:
-            probabilities = np.column_stack(
-                [columns[f"p{j}"][kept] for j in range(len(spec.classes))]
-            ).astype(np.float64)
+        probabilities = _stacked(columns, len(spec.classes), kept)  # multiclass with classes
+        if probabilities is not None:
             scored = np.flatnonzero(~np.isnan(probabilities[:, 0]))
             predicted = columns["value"][kept][scored].astype(np.int64)
             probabilities = probabilities[scored]
@@ -429,10 +425,7 @@ class Quality:
         for key, n in zip(*np.unique(keys[0], return_counts=True), strict=True):
             model, version, _ = self.keys.names[int(key)]
             self.joined[(model, version)] += int(n)
-            newest = float(label_times[keys[0] == key].max())
-            self.last_seen[(model, version)] = max(
-                self.last_seen.get((model, version), newest), newest
-            )
+        self._saw(keys[0], label_times, prediction=False)
         threshold = self.settings.threshold
         if spec.task == "binary":
             scores = store.columns["value"][slots].astype(np.float64)
@@ -454,13 +447,12 @@ class Quality:
             predicted = store.columns["value"][slots].astype(np.int64)
             actual_cls = np.array([self._class(name, _class_name(v)) for v in labels])
             errors = (predicted != actual_cls).astype(np.float64)
-            probabilities = np.column_stack(
-                [store.columns[f"p{j}"][slots] for j in range(len(spec.classes))]
-                or [np.full(len(slots), np.nan)]
-            ).astype(np.float64)
+            probabilities = _stacked(store.columns, len(spec.classes), slots)
 
             def counts(rows: IntArray) -> Counts:
                 out = multiclass_counts(predicted[rows], actual_cls[rows], MAX_CLASSES)
+                if probabilities is None:
+                    return out
                 scored = rows[~np.isnan(probabilities[rows, 0])]
                 if len(scored):
                     p, k, a = probabilities[scored], predicted[scored], actual_cls[scored]
@@ -519,28 +511,19 @@ class Quality:
         self.unmatched_labels += len(stale)
 
     # -- retiring what went away ----------------------------------------------------------
-    def _seen(self, model: str, versions: list[str], times: FloatArray) -> None:
-        newest: dict[str, float] = {}
-        for version, t in zip(versions, times.tolist(), strict=True):
-            if t > newest.get(version, float("-inf")):
-                newest[version] = t
-        for version, t in newest.items():
-            key = (model, version)
-            self.last_seen[key] = max(self.last_seen.get(key, t), t)
-        self.now[model] = max(self.now.get(model, float("-inf")), float(times.max()))
+    def _saw(self, version_codes: IntArray, times: FloatArray, prediction: bool) -> None:
+        """Record the newest event time of each version among these rows (codes of the
+        versions' ``__all__`` keys)."""
+        for code in np.unique(version_codes).tolist():
+            newest = float(times[version_codes == code].max())
+            self.activity.saw(self.keys.names[code][:2], newest, prediction)
 
     def _retire_idle_versions(self) -> None:
-        """Forget model versions without predictions or labels for ``retire_after`` seconds
-        of their model's event time: their series leave /metrics."""
-        idle = [
-            (model, version)
-            for (model, version), t in self.last_seen.items()
-            if self.now[model] - t > self.retire_after
-        ]
-        for model, version in idle:
+        """Forget idle model versions (:mod:`streamwatch.activity`): their series leave
+        /metrics."""
+        for model, version in self.activity.take_idle():
             for code in [c for k, c in self.keys.codes.items() if k[:2] == (model, version)]:
                 self._forget(code, self.keys.names[code])
-            del self.last_seen[(model, version)]
             self.expired.pop((model, version), None)
             self.joined.pop((model, version), None)
 
@@ -662,15 +645,22 @@ def _unprefixed(counts: Counts) -> Counts:
     )
 
 
-def _probability_columns(spec: ModelSpec, group: list[Prediction]) -> list[FloatArray]:
-    """Per declared class, each prediction's probability (NaN without scores; a class its
-    scores leave out has probability 0)."""
+def _probability_columns(spec: ModelSpec, group: list[Prediction]) -> dict[str, Any]:
+    """The pending store's columns ``p0``, ``p1``, ...: per declared class, each prediction's
+    probability (NaN without scores; a class its scores leave out has probability 0)."""
     if not spec.classes:
-        return []
+        return {}
     missing = [np.nan] * len(spec.classes)
     rows = [[p.scores.get(c, 0.0) for c in spec.classes] if p.scores else missing for p in group]
     matrix = np.array(rows, dtype=np.float32).reshape(len(group), len(spec.classes))
-    return list(matrix.T)
+    return {f"p{j}": matrix[:, j] for j in range(len(spec.classes))}
+
+
+def _stacked(columns: Mapping[str, Any], classes: int, rows: IntArray) -> FloatArray | None:
+    """The rows' class probabilities (rows x classes) from ``p0``, ``p1``, ... columns."""
+    if not classes:
+        return None
+    return np.column_stack([columns[f"p{j}"][rows] for j in range(classes)]).astype(np.float64)
 
 
 def _positive(label: float | str, spec: ModelSpec) -> bool:

@@ -103,7 +103,7 @@ class Slicer:
 
     def columns(self, predictions: list[Prediction]) -> list[list[str]]:
         """Count a batch in, update the tracked values, and return per spec each event's
-        tracked slice value (or ``NAME:__other__``). Call once per event."""
+        tracked slice value (or ``NAME:__other__``). Each event must come here once."""
         out = []
         for i, spec in enumerate(self.specs):
             values = [self.value(spec, p) for p in predictions]  # one string per event

@@ -154,8 +154,3 @@ class TumblingWindow:
     @property
     def total(self) -> Table:
         return self.span(self.closed)
-
-    @property
-    def fill(self) -> float:
-        """1 once a span has closed, 0 before."""
-        return 1.0 if self.closed in self._spans else 0.0

@@ -31,7 +31,7 @@ from streamwatch.deadletter import DeadLetters
 from streamwatch.decode import Decoder, Label, Prediction, RawMessage, Rejection
 from streamwatch.errors import ConfigError, ConfigProblem, KafkaSetupError
 from streamwatch.exporter import Health, Telemetry
-from streamwatch.monitor import Alarm, Monitor
+from streamwatch.monitor import Alarm, AlarmKey, Monitor
 from streamwatch.quality import Quality
 from streamwatch.source import Source
 
@@ -58,7 +58,7 @@ class Pipeline:
         self.quality = quality
         self.telemetry = telemetry
         self.processed = 0
-        self._announced: set[tuple[str, str, str, str, str, str]] = set()
+        self._announced: set[AlarmKey] = set()
 
     def process(self, messages: Sequence[RawMessage], dead_letters: DeadLetters | None) -> Outcome:
         """Decode and apply one batch; rejections are sent (given a producer) and counted."""
@@ -91,16 +91,8 @@ class Pipeline:
         for alarm in alarms:
             # A drift that persists keeps firing (detectors restart after each alarm): the
             # first of each detector is a warning, the rest are in the counters.
-            key = (
-                alarm.model,
-                alarm.model_version,
-                alarm.slice,
-                alarm.signal,
-                alarm.feature,
-                alarm.detector,
-            )
-            level = logging.DEBUG if key in self._announced else logging.WARNING
-            self._announced.add(key)
+            level = logging.DEBUG if alarm.key in self._announced else logging.WARNING
+            self._announced.add(alarm.key)
             log.log(
                 level,
                 "drift alarm: model=%s version=%s slice=%s %s=%s detector=%s at offset %d",

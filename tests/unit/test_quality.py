@@ -42,20 +42,34 @@ def pred(
     t: float | None = None,
     task_value: Any = None,
     partition: int = 0,
+    *,
+    model: str = "m",
+    version: str = "v1",
+    scores: dict[str, float] | None = None,
 ) -> Prediction:
     return Prediction(
         f"p{i}",
-        "m",
-        "v1",
+        model,
+        version,
         T0 + i if t is None else t,
         {"x": 1.0},
         score if task_value is None else task_value,
-        None,
+        scores,
         None,
         {"country": country},
         partition,
         i,
     )
+
+
+def intent(**extra: Any) -> dict[str, Any]:
+    """A multiclass model's config."""
+    return {
+        "name": "intent",
+        "task": "multiclass",
+        "features": [{"name": "x", "type": "numeric"}],
+        **extra,
+    }
 
 
 def lab(i: int, value: float | str, t: float | None = None, partition: int = 0) -> Label:
@@ -194,11 +208,7 @@ def test_regression_and_multiclass_models() -> None:
                         "task": "regression",
                         "features": [{"name": "x", "type": "numeric"}],
                     },
-                    {
-                        "name": "intent",
-                        "task": "multiclass",
-                        "features": [{"name": "x", "type": "numeric"}],
-                    },
+                    intent(),
                 ],
                 "quality": {"windows": [{"events": 100}], "min_window_events": 1},
             }
@@ -208,14 +218,9 @@ def test_regression_and_multiclass_models() -> None:
         Prediction(f"r{i}", "eta", "1", T0 + i, {"x": 1.0}, float(i), None, None, {}, 0, i)
         for i in range(10)
     ]
-    preds += [
-        Prediction(
-            f"c{i}", "intent", "1", T0 + i, {"x": 1.0}, ["a", "b"][i % 2], None, None, {}, 0, 10 + i
-        )
-        for i in range(10)
-    ]
+    preds += [pred(i, 0.0, task_value=["a", "b"][i % 2], model="intent") for i in range(10)]
     labels = [Label(f"r{i}", float(i) + 1.0, T0 + i, 0, i) for i in range(10)]
-    labels += [Label(f"c{i}", "a", T0 + i, 0, i) for i in range(10)]
+    labels += [lab(i, "a", t=T0 + i) for i in range(10)]
     q.apply(preds, labels)
     got = {(m, s): v for (m, _, sl, s, _, v) in q.snapshot().scores if sl == "__all__"}
     assert got[("eta", "mae")] == 1.0
@@ -269,14 +274,7 @@ def test_multiclass_probabilities_give_losses_auc_and_an_estimate() -> None:
     q = Quality(
         parse_settings(
             {
-                "models": [
-                    {
-                        "name": "intent",
-                        "task": "multiclass",
-                        "classes": classes,
-                        "features": [{"name": "x", "type": "numeric"}],
-                    }
-                ],
+                "models": [intent(classes=classes)],
                 "quality": {"windows": [{"events": 1000}], "min_window_events": 10},
             }
         )
@@ -285,18 +283,12 @@ def test_multiclass_probabilities_give_losses_auc_and_an_estimate() -> None:
     probabilities = rng.dirichlet([1.0, 1.0, 1.0], 400)
     actual = (rng.random(400)[:, None] > probabilities.cumsum(axis=1)).sum(axis=1)
     preds = [
-        Prediction(
-            f"c{i}",
-            "intent",
-            "1",
-            T0 + i,
-            {"x": 1.0},
-            classes[int(probabilities[i].argmax())],
-            dict(zip(classes, probabilities[i].tolist(), strict=True)),
-            None,
-            {},
-            0,
+        pred(
             i,
+            0.0,
+            task_value=classes[int(probabilities[i].argmax())],
+            model="intent",
+            scores=dict(zip(classes, probabilities[i].tolist(), strict=True)),
         )
         for i in range(400)
     ]
@@ -304,7 +296,7 @@ def test_multiclass_probabilities_give_losses_auc_and_an_estimate() -> None:
     snap = q.snapshot()
     estimated = {s: v for (_, _, _, s, _, v) in snap.estimated}
     assert set(estimated) >= {"accuracy", "f1", "roc_auc"}
-    labels = [Label(f"c{i}", classes[actual[i]], T0 + i, 0, i) for i in range(400)]
+    labels = [lab(i, classes[actual[i]], t=T0 + i) for i in range(400)]
     q.apply([], labels)
     snap = q.snapshot()
     got = {s: v for (_, _, _, s, _, v) in snap.scores}
@@ -325,19 +317,7 @@ def test_series_of_a_slice_or_version_that_goes_away_are_retired() -> None:
 
     def traffic(start: int, countries: list[str], version: str, t0: float) -> None:
         preds = [
-            Prediction(
-                f"p{start + k}",
-                "m",
-                version,
-                t0 + k,
-                {"x": 1.0},
-                0.7,
-                None,
-                None,
-                {"country": c},
-                0,
-                start + k,
-            )
+            pred(start + k, 0.7, country=c, t=t0 + k, version=version)
             for k, c in enumerate(countries)
         ]
         q.apply(preds, [Label(p.prediction_id, 1.0, p.timestamp + 1, 0, 0) for p in preds])
@@ -361,32 +341,16 @@ def test_series_of_a_slice_or_version_that_goes_away_are_retired() -> None:
 
 def test_multiclass_cells_are_exported_per_class_for_the_version() -> None:
     q = Quality(
-        parse_settings(
-            {
-                "models": [
-                    {
-                        "name": "intent",
-                        "task": "multiclass",
-                        "features": [{"name": "x", "type": "numeric"}],
-                        "slices": [{"name": "country", "keys": ["country"]}],
-                    }
-                ]
-            }
-        )
+        parse_settings({"models": [intent(slices=[{"name": "country", "keys": ["country"]}])]})
     )
     registry = CollectorRegistry()
     registry.register(QualityCollector(q))
     predicted, actual = ["a", "a", "b", "c"], ["a", "b", "b", "a"]
-    preds = [
-        Prediction(
-            f"c{i}", "intent", "1", T0 + i, {"x": 1.0}, c, None, None, {"country": "DE"}, 0, i
-        )
-        for i, c in enumerate(predicted)
-    ]
-    q.apply(preds, [Label(f"c{i}", c, T0 + i, 0, i) for i, c in enumerate(actual)])
+    preds = [pred(i, 0.0, task_value=c, model="intent") for i, c in enumerate(predicted)]
+    q.apply(preds, [lab(i, c, t=T0 + i) for i, c in enumerate(actual)])
 
     def cell(name: str, kind: str) -> float | None:
-        labels = {"model": "intent", "model_version": "1", "slice": "__all__"}
+        labels = {"model": "intent", "model_version": "v1", "slice": "__all__"}
         return registry.get_sample_value(
             "streamwatch_class_events_total", {**labels, "class": name, "cell": kind}
         )
