@@ -23,7 +23,12 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from streamwatch.errors import ConfigError, ConfigProblem
 
@@ -92,14 +97,39 @@ class LabelFields(_Section):
 
 
 class ContractSettings(_Section):
+    """The event contract: where its fields are, and the limits on every input dimension.
+
+    A message past a limit is dead-lettered with the limit's own reason, so that no single
+    message can make the statistics cost more than O(events) memory per batch."""
+
     predictions: PredictionFields = PredictionFields()
     labels: LabelFields = LabelFields()
     max_message_bytes: int = Field(default=1_048_576, gt=0)
+    # Ids, model versions, categories, classes, labels, attribute keys and values.
+    max_string_chars: int = Field(default=256, ge=8, le=1_000_000)
+    # Entries of the features object, of the attributes object, of multiclass scores.
+    max_fields: int = Field(default=256, ge=1, le=100_000)
+    # Nesting of the whole JSON message (orjson itself stops at 1024).
+    max_depth: int = Field(default=32, ge=2, le=1024)
+
+
+class EventTimeSettings(_Section):
+    """What event time a record may carry, so that one event cannot poison event-time state.
+
+    Future: against the wall clock (a data-derived anchor could be ratcheted forward by a
+    producer). Past: against the partition's watermark, the newest event time accepted on
+    that topic partition. Records outside either bound are dead-lettered
+    (``future_timestamp``, ``late_timestamp``), never clamped."""
+
+    max_future_seconds: float = Field(default=3600, gt=0)
+    max_lateness_seconds: float = Field(default=7 * 86400, gt=0)
 
 
 class KafkaSettings(_Section):
     bootstrap_servers: str = "localhost:9092"
     group_id: str = "streamwatch"
+    # At start: how long to wait for the cluster's metadata before giving up (exit 2).
+    connect_timeout_seconds: float = Field(default=10, gt=0, le=600)
     # Any librdkafka property, dotted keys as librdkafka spells them (security.protocol,
     # sasl.username, ssl.ca.location, ...). Values of sensitive keys become SecretStr.
     properties: dict[str, str | int | float | bool | SecretStr] = {}
@@ -218,6 +248,8 @@ class ModelSpec(_Section):
     # ({"class": c, "scores": {class: p}}); enables log loss, Brier, ROC AUC, ECE and the
     # estimate before labels. Each pending prediction keeps 4 bytes per class.
     classes: list[str] = Field(default=[], max_length=100)
+    # Model versions tracked at once (the most active); the rest count under __other__.
+    max_versions: int = Field(default=10, ge=1, le=1000)
 
     @model_validator(mode="after")
     def _classes_for_multiclass(self) -> ModelSpec:
@@ -333,6 +365,12 @@ class LabelSettings(_Section):
     # prediction (prediction event time).
     ttl_seconds: float = Field(default=7 * 86400, gt=0)
     early_hold_seconds: float = Field(default=600, ge=0)
+    # Labels held for a prediction not seen yet, per worker; past it the oldest are released
+    # (counted as unmatched). About 120 bytes each.
+    early_hold_max_labels: int = Field(default=500_000, ge=1)
+    # Wall-clock seconds without a new prediction on a partition after which its held labels
+    # are released (its prediction watermark no longer moves).
+    early_hold_idle_seconds: float = Field(default=600, gt=0)
 
 
 class QualitySettings(_Section):
@@ -365,14 +403,86 @@ class WorkerSettings(_Section):
     poll_timeout_seconds: float = Field(default=0.5, gt=0, le=10)
     commit_interval_seconds: float = Field(default=1.0, ge=0)
     stall_seconds: float = Field(default=60.0, gt=0)
+    # SIGTERM: the time to flush dead letters and commit before exiting 0 anyway (what was
+    # not committed is logged; it is re-read on restart). Fit it in the orchestrator's
+    # grace period (Kubernetes: 30 s).
+    shutdown_grace_seconds: float = Field(default=20.0, gt=0, le=600)
 
 
 class ExporterSettings(_Section):
-    address: str = "0.0.0.0"
+    # Loopback by default; in a container, set 0.0.0.0 so Prometheus can reach the pod.
+    address: str = "127.0.0.1"
     port: int = Field(default=9308, ge=0, le=65535)
+    # Prometheus' exporter web configuration (TLS, basic auth with bcrypt hashes), as in
+    # node_exporter's --web.config.file.
+    web_config_file: Path | None = None
+    # A connection that sends nothing for this long is closed; at most this many at once.
+    idle_timeout_seconds: float = Field(default=10, gt=0, le=600)
+    max_connections: int = Field(default=32, ge=1, le=1024)
     # A model version without predictions or labels for this long (in its model's event
     # time) is forgotten: its series leave /metrics and its state is freed.
     retire_after_seconds: float = Field(default=86400, gt=0)
+
+
+class TLSServerConfig(_Section):
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+    client_auth_type: Literal["NoClientCert", "RequireAndVerifyClientCert"] = "NoClientCert"
+
+
+class WebConfig(_Section):
+    """The exporter's web configuration file, in Prometheus' exporter-toolkit format
+    (``tls_server_config``, ``basic_auth_users`` with bcrypt hashes). Relative paths are
+    relative to the file's folder, as in exporter-toolkit."""
+
+    tls_server_config: TLSServerConfig | None = None
+    basic_auth_users: dict[str, SecretStr] = {}
+    http_server_config: dict[str, Any] = {}  # accepted for compatibility, not used
+
+    @field_validator("basic_auth_users")
+    @classmethod
+    def _bcrypt(cls, users: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        bad = [u for u, h in users.items() if not h.get_secret_value().startswith("$2")]
+        if bad:
+            raise _problem(
+                f"basic_auth_users {bad} do not hold bcrypt hashes",
+                "store a bcrypt hash, e.g. from `htpasswd -nBC 10 USER`",
+            )
+        return users
+
+
+def load_web_config(path: Path) -> WebConfig:
+    """Read an exporter web configuration; paths in it become absolute."""
+    source = str(path)
+    data = _read_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(
+            source, [ConfigProblem("(top level)", "not a YAML mapping", "see docs/exporter.md")]
+        )
+    try:
+        config = WebConfig(**data)
+    except ValidationError as error:
+        raise ConfigError(source, _problems(error)) from None
+    tls = config.tls_server_config
+    if tls is None:
+        return config
+    base = path.parent
+    files = {
+        name: value if value is None or value.is_absolute() else base / value
+        for name, value in (
+            ("cert_file", tls.cert_file),
+            ("key_file", tls.key_file),
+            ("client_ca_file", tls.client_ca_file),
+        )
+    }
+    missing = [f"tls_server_config.{n}" for n, f in files.items() if f and not f.is_file()]
+    if missing:
+        raise ConfigError(
+            source,
+            [ConfigProblem(n, "no such file", "give the path of a PEM file") for n in missing],
+        )
+    return config.model_copy(update={"tls_server_config": tls.model_copy(update=files)})
 
 
 class Settings(BaseSettings):
@@ -388,6 +498,7 @@ class Settings(BaseSettings):
     models: list[ModelSpec] = Field(min_length=1)
     drift: DriftSettings = DriftSettings()
     labels: LabelSettings = LabelSettings()
+    event_time: EventTimeSettings = EventTimeSettings()
     quality: QualitySettings = QualitySettings()
     worker: WorkerSettings = WorkerSettings()
     exporter: ExporterSettings = ExporterSettings()
@@ -408,6 +519,20 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The environment overrides the file (which arrives as init kwargs).
         return env_settings, init_settings
+
+    @model_validator(mode="after")
+    def _web_config_readable(self) -> Settings:
+        path = self.exporter.web_config_file
+        if path is not None:
+            try:
+                load_web_config(path)
+            except ConfigError as error:
+                problems = "; ".join(f"{p.path}: {p.message}" for p in error.problems)
+                raise _problem(
+                    f"exporter.web_config_file {str(path)!r}: {problems}",
+                    "see docs/exporter.md for the format",
+                ) from None
+        return self
 
     @model_validator(mode="after")
     def _detectors_name_signals(self) -> Settings:
@@ -482,10 +607,24 @@ def parse_settings(data: Any, source: str = "<config>") -> Settings:
         return Settings(**data)
     except ValidationError as error:
         raise ConfigError(source, _problems(error)) from None
+    except SettingsError as error:  # an environment override that is not valid JSON
+        raise ConfigError(source, [_environment_problem(error)]) from None
 
 
-def load_settings(path: str | os.PathLike[str]) -> Settings:
-    """Read, override from the environment and validate a YAML config file."""
+def _environment_problem(error: SettingsError) -> ConfigProblem:
+    """Name the variable, never its value (it may hold a secret)."""
+    match = re.search(r'field "([^"]+)"', str(error))
+    field = match.group(1) if match else "?"
+    return ConfigProblem(
+        f"STREAMWATCH_{field.upper()}",
+        f"the environment override of {field!r} is not valid JSON",
+        f"set STREAMWATCH_{field.upper()} to a JSON object, or override single fields as "
+        f"STREAMWATCH_{field.upper()}__FIELD=value",
+    )
+
+
+def _read_yaml(path: str | os.PathLike[str]) -> Any:
+    """Parse a YAML file; errors name the line and column and never echo a secret."""
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -499,11 +638,30 @@ def load_settings(path: str | os.PathLike[str]) -> Settings:
             ],
         ) from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
-        raise ConfigError(
-            source, [ConfigProblem(where, f"not valid YAML: {error}", "fix the YAML syntax")]
-        ) from None
-    return parse_settings(data, source)
+        raise ConfigError(source, [_yaml_problem(error, text)]) from None
+
+
+def _yaml_problem(error: yaml.YAMLError, text: str) -> ConfigProblem:
+    """PyYAML's own message quotes the offending lines, which may hold a password: rebuild
+    it from the problem and its position, quoting a line only when no secret could be on
+    it (no secret-like key on it or on the line before)."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or type(error).__name__
+    context = getattr(error, "context", None)
+    message = f"not valid YAML: {problem}" + (f" ({context})" if context else "")
+    if mark is None:
+        return ConfigProblem("(file)", message, "fix the YAML syntax")
+    lines = text.splitlines()
+    nearby = lines[max(0, mark.line - 1) : mark.line + 1]
+    if mark.line < len(lines) and not any(_SECRET_KEY.search(line) for line in nearby):
+        message += f": {lines[mark.line].strip()[:120]!r}"
+    return ConfigProblem(
+        f"line {mark.line + 1}, column {mark.column + 1}", message, "fix the YAML syntax"
+    )
+
+
+def load_settings(path: str | os.PathLike[str]) -> Settings:
+    """Read, override from the environment and validate a YAML config file."""
+    return parse_settings(_read_yaml(path), str(path))

@@ -32,6 +32,8 @@ REASONS = (
     "out_of_range",  # e.g. a binary probability outside [0, 1]
     "bad_timestamp",
     "unknown_model",  # a model the config does not list
+    "too_long",  # a string past contract.max_string_chars
+    "too_many_fields",  # features, attributes or class scores past contract.max_fields
 )
 
 HeaderValue = str | bytes | None
@@ -54,6 +56,7 @@ class RawMessage(Protocol):
 _MISSING: Any = object()
 _NUMERIC = frozenset({int, float, type(None)})
 _CATEGORICAL = frozenset({str, int, bool, type(None)})
+_SCALAR = frozenset({str, int, float, bool, type(None)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +162,21 @@ def parse_timestamp(value: Any) -> float:
     raise _Invalid("bad_timestamp", "timestamp must be an RFC 3339 string or epoch milliseconds")
 
 
-def _load(value: bytes | None, limit: int) -> dict[str, Any]:
+def _depth(doc: Any) -> int:
+    """Nesting depth of a parsed JSON value (iterative: no recursion limit to hit)."""
+    deepest, stack = 0, [(doc, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            node = node.values()
+        elif not isinstance(node, list):
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in node)
+    return deepest
+
+
+def _load(value: bytes | None, limit: int, max_depth: int = 1024) -> dict[str, Any]:
     if value is None:
         raise _Invalid("empty", "message has no value")
     if len(value) > limit:
@@ -177,6 +194,10 @@ def _load(value: bytes | None, limit: int) -> dict[str, Any]:
         raise _Invalid("not_json", text) from None
     if not isinstance(doc, dict):
         raise _Invalid("not_object", f"JSON {type(doc).__name__}, expected an object")
+    # The brackets bound the depth from above (in C); only a message with more of them
+    # than the limit is walked.
+    if value.count(b"{") + value.count(b"[") > max_depth and _depth(doc) > max_depth:
+        raise _Invalid("too_deep", f"nesting deeper than contract.max_depth={max_depth}")
     return doc
 
 
@@ -189,19 +210,37 @@ def _required(
     return value
 
 
-def _string(value: Any, name: str) -> str:
-    if isinstance(value, str) and value:
-        return value
+def _string(value: Any, name: str, limit: int) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    raise _Invalid("wrong_type", f"{name} must be a non-empty string")
+        value = str(value)
+    if not isinstance(value, str) or not value:
+        raise _Invalid("wrong_type", f"{name} must be a non-empty string")
+    if len(value) > limit:
+        raise _Invalid("too_long", f"{name} has {len(value)} characters > limit {limit}")
+    return value
+
+
+def _short(values: Any, name: str, limit: int) -> None:
+    """Every string among ``values`` (scalars) is at most ``limit`` characters."""
+    for v in values:
+        if isinstance(v, str) and len(v) > limit:
+            raise _Invalid("too_long", f"{name} has a string of {len(v)} characters > {limit}")
+
+
+def _few(mapping: dict[str, Any], name: str, limit: int) -> None:
+    if len(mapping) > limit:
+        raise _Invalid("too_many_fields", f"{name} has {len(mapping)} entries > limit {limit}")
 
 
 class Decoder:
     """Decodes both topics' messages against the contract in the settings."""
 
     def __init__(self, settings: Settings) -> None:
-        self.max_bytes = settings.contract.max_message_bytes
+        contract = settings.contract
+        self.max_bytes = contract.max_message_bytes
+        self.max_chars = contract.max_string_chars
+        self.max_fields = contract.max_fields
+        self.max_depth = contract.max_depth
         p: PredictionFields = settings.contract.predictions
         lf: LabelFields = settings.contract.labels
         self._p = {name: compile_field(getattr(p, name)) for name in PredictionFields.model_fields}
@@ -244,16 +283,19 @@ class Decoder:
         offset: int,
     ) -> Label | Rejection:
         try:
-            doc = _load(value, self.max_bytes)
+            doc = _load(value, self.max_bytes, self.max_depth)
             g = self._l
             prediction_id = _string(
-                _required(g["prediction_id"], "prediction_id", doc, key, headers), "prediction_id"
+                _required(g["prediction_id"], "prediction_id", doc, key, headers),
+                "prediction_id",
+                self.max_chars,
             )
             label = _required(g["label"], "label", doc, key, headers)
             if isinstance(label, (bool, int | float)):
                 label = float(label)
             elif not isinstance(label, str):
                 raise _Invalid("wrong_type", "label must be a number, boolean or string")
+            _short((label,), "label", self.max_chars)
             ts = parse_timestamp(_required(g["timestamp"], "timestamp", doc, key, headers))
             return Label(prediction_id, label, ts, partition, offset)
         except _Invalid as bad:
@@ -262,22 +304,31 @@ class Decoder:
     def _prediction(
         self, value: bytes | None, key: bytes | None, headers: Headers, partition: int, offset: int
     ) -> Prediction:
-        doc = _load(value, self.max_bytes)
+        doc = _load(value, self.max_bytes, self.max_depth)
         g = self._p
-        model = _string(_required(g["model"], "model", doc, key, headers), "model")
+        chars = self.max_chars
+        # Any length here: only the configured names are accepted.
+        model = _string(
+            _required(g["model"], "model", doc, key, headers), "model", len(value or "")
+        )
         spec = self.models.get(model)
         if spec is None:
             raise _Invalid("unknown_model", f"model {model[:80]!r} is not in the config")
         prediction_id = _string(
-            _required(g["prediction_id"], "prediction_id", doc, key, headers), "prediction_id"
+            _required(g["prediction_id"], "prediction_id", doc, key, headers),
+            "prediction_id",
+            chars,
         )
         version = _string(
-            _required(g["model_version"], "model_version", doc, key, headers), "model_version"
+            _required(g["model_version"], "model_version", doc, key, headers),
+            "model_version",
+            chars,
         )
         ts = parse_timestamp(_required(g["timestamp"], "timestamp", doc, key, headers))
         features = _required(g["features"], "features", doc, key, headers)
         if not isinstance(features, dict):
             raise _Invalid("wrong_type", "features must be an object")
+        _few(features, "features", self.max_fields)
         # One C-level pass per event over the configured names; the per-feature loop below
         # runs only for a message already known to be bad, to name the culprit.
         numeric = self._numeric[model]
@@ -294,13 +345,15 @@ class Decoder:
                 f"feature {bad!r} must be a string, integer or boolean",
                 (model, version, bad),
             )
+        _short(map(features.get, categorical), "a categorical feature", chars)
         raw = _required(g["prediction"], "prediction", doc, key, headers)
-        prediction, scores = _prediction_value(spec.task, raw)
+        prediction, scores = _prediction_value(spec.task, raw, chars, self.max_fields)
         predicted_label = g["predicted_label"](doc, key, headers)
         if predicted_label is _MISSING or predicted_label is None:
             predicted_label = None
         elif isinstance(predicted_label, str | int | bool):
             predicted_label = str(predicted_label)
+            _short((predicted_label,), "predicted_label", chars)
         else:
             raise _Invalid("wrong_type", "predicted_label must be a string, integer or boolean")
         attributes = g["attributes"](doc, key, headers)
@@ -308,6 +361,12 @@ class Decoder:
             attributes = {}
         elif not isinstance(attributes, dict):
             raise _Invalid("wrong_type", "attributes must be an object")
+        elif attributes:
+            _few(attributes, "attributes", self.max_fields)
+            if not _SCALAR.issuperset(map(type, attributes.values())):
+                raise _Invalid("wrong_type", "attribute values must be strings, numbers or null")
+            _short(attributes, "an attribute name", chars)
+            _short(attributes.values(), "an attribute", chars)
         return Prediction(
             prediction_id,
             model,
@@ -323,7 +382,9 @@ class Decoder:
         )
 
 
-def _prediction_value(task: str, raw: Any) -> tuple[float | str, dict[str, float] | None]:
+def _prediction_value(
+    task: str, raw: Any, chars: int, fields: int
+) -> tuple[float | str, dict[str, float] | None]:
     if task == "binary":
         if isinstance(raw, bool) or not isinstance(raw, int | float):
             raise _Invalid("wrong_type", "binary prediction must be a probability (number)")
@@ -342,6 +403,9 @@ def _prediction_value(task: str, raw: Any) -> tuple[float | str, dict[str, float
             and all(isinstance(v, int | float) and not isinstance(v, bool) for v in scores.values())
         ):
             raise _Invalid("wrong_type", "multiclass scores must map classes to numbers")
+        if scores:
+            _few(scores, "multiclass scores", fields)
+            _short(scores, "a class of the scores", chars)
         if scores and not all(0.0 <= v <= 1.0 for v in scores.values()):
             raise _Invalid("out_of_range", "multiclass scores must be probabilities in [0, 1]")
         raw = cls
@@ -349,4 +413,5 @@ def _prediction_value(task: str, raw: Any) -> tuple[float | str, dict[str, float
         scores = None
     if isinstance(raw, bool) or not isinstance(raw, str | int):
         raise _Invalid("wrong_type", "multiclass prediction must be a class (string or integer)")
+    _short((raw,), "the predicted class", chars)
     return str(raw), ({str(k): float(v) for k, v in scores.items()} if scores else None)

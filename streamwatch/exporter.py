@@ -30,6 +30,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from streamwatch import __version__
+from streamwatch.admission import ADMISSION_REASONS
 from streamwatch.decode import REASONS
 from streamwatch.monitor import Monitor
 from streamwatch.quality import Quality
@@ -65,7 +66,7 @@ class Telemetry:
             registry=registry,
         )
         for topic in topics:  # every series exists from the start, so increase() sees the first
-            for reason in REASONS:
+            for reason in (*REASONS, *ADMISSION_REASONS):
                 self.invalid.labels(topic, reason)
         self.last_event = Gauge(
             "streamwatch_last_event_timestamp_seconds",
@@ -104,6 +105,36 @@ class Telemetry:
                 3 * 86400,
                 7 * 86400,
             ),
+            registry=registry,
+        )
+        self.version_overflow = Counter(
+            "streamwatch_model_versions_overflow",
+            "Predictions of a model version past models[].max_versions, counted under the "
+            "version __other__.",
+            ["model"],
+            registry=registry,
+        )
+        self.versions_tracked = Gauge(
+            "streamwatch_model_versions_tracked",
+            "Model versions tracked (bounded by models[].max_versions).",
+            ["model"],
+            registry=registry,
+        )
+        self.dead_letters_pending = Gauge(
+            "streamwatch_dead_letters_pending",
+            "Dead letters not yet acknowledged by the dead-letter topic.",
+            registry=registry,
+        )
+        self.dead_letters_omitted = Gauge(
+            "streamwatch_dead_letters_payload_omitted",
+            "Dead letters sent without their payload because it would not fit the topic "
+            "(a count since start).",
+            registry=registry,
+        )
+        self.checkpoint_failures = Counter(
+            "streamwatch_checkpoint_failures",
+            "Checkpoints that could not commit, by the step that failed.",
+            ["step"],
             registry=registry,
         )
         self.batch_duration = Histogram(
@@ -385,6 +416,22 @@ class QualityCollector(Collector):
             [(snap.unmatched_labels,)],
         )
         yield _family(
+            g,
+            "streamwatch_labels_early_held",
+            "Labels waiting for a prediction not seen yet (bounded by "
+            "labels.early_hold_max_labels).",
+            [],
+            [(snap.early_held,)],
+        )
+        yield _family(
+            c,
+            "streamwatch_labels_early_evicted",
+            "Held labels released because the hold was over labels.early_hold_max_labels "
+            "(also counted as unmatched).",
+            [],
+            [(snap.evicted_labels,)],
+        )
+        yield _family(
             c,
             "streamwatch_labels_duplicate",
             "Repeated labels for a prediction not yet seen (the first one wins).",
@@ -444,8 +491,11 @@ class Health:
         self.stall_seconds = stall_seconds
         self.assigned = 0
         self.last_poll = time.monotonic()
+        self.problem: str | None = None  # what keeps the worker from checkpointing
 
     def ready(self) -> tuple[bool, str]:
+        if self.problem is not None:
+            return False, self.problem
         if self.assigned == 0:
             return False, "no partitions assigned"
         idle = time.monotonic() - self.last_poll

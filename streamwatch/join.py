@@ -3,7 +3,10 @@
 Per predictions partition (labels are co-partitioned: same key, same partition count, the
 ``range`` assignor), predictions wait in a :class:`PendingPredictions` store until their
 label arrives, for at most ``labels.ttl_seconds`` of label event time. A label that arrives
-before its prediction waits ``labels.early_hold_seconds`` of prediction event time.
+before its prediction waits (:class:`EarlyLabels`) ``labels.early_hold_seconds`` of
+prediction event time; at most ``labels.early_hold_max_labels`` wait per worker (the oldest
+are released first), and a partition whose predictions stop for
+``labels.early_hold_idle_seconds`` of wall-clock time releases the labels it holds.
 
 Rules:
 
@@ -22,6 +25,7 @@ numpy arrays.
 from __future__ import annotations
 
 import hashlib
+import heapq
 from typing import Any
 
 import numpy as np
@@ -130,3 +134,65 @@ class PendingPredictions:
             del self.slots[key]
         self._release(old)
         return old
+
+
+class EarlyLabels:
+    """Labels that arrived before their prediction, by id hash, indexed by label event time.
+
+    Expiry pops a heap ordered by label time instead of scanning every held label, so a
+    batch costs O(log n) per label that comes or goes, not O(held). A label matched (popped
+    by its prediction) leaves a stale heap entry, skipped when reached; the heap is rebuilt
+    when stale entries outnumber live ones."""
+
+    def __init__(self) -> None:
+        self.labels: dict[int, tuple[float | str, float]] = {}  # id hash -> (label, time)
+        self._heap: list[tuple[float, int]] = []  # (label time, id hash)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __contains__(self, key: int) -> bool:
+        return key in self.labels
+
+    def hold(self, key: int, label: float | str, timestamp: float) -> None:
+        self.labels[key] = (label, timestamp)
+        heapq.heappush(self._heap, (timestamp, key))
+
+    def pop(self, key: int) -> tuple[float | str, float] | None:
+        return self.labels.pop(key, None)
+
+    def release_before(self, limit: float) -> int:
+        """Release the labels with event time before ``limit``; return how many."""
+        released = 0
+        heap, labels = self._heap, self.labels
+        while heap and heap[0][0] < limit:
+            t, key = heapq.heappop(heap)
+            held = labels.get(key)
+            if held is not None and held[1] == t:
+                del labels[key]
+                released += 1
+        self._compact()
+        return released
+
+    def release_oldest(self, n: int) -> int:
+        """Release up to ``n`` labels, the oldest by event time first (over budget)."""
+        released = 0
+        heap, labels = self._heap, self.labels
+        while heap and released < n:
+            t, key = heapq.heappop(heap)
+            held = labels.get(key)
+            if held is not None and held[1] == t:
+                del labels[key]
+                released += 1
+        return released
+
+    def release_all(self) -> int:
+        released = len(self.labels)
+        self.labels.clear()
+        self._heap.clear()
+        return released
+
+    def _compact(self) -> None:
+        if len(self._heap) > 2 * len(self.labels) + 1024:
+            self._heap = [(t, k) for k, (_, t) in self.labels.items()]
+            heapq.heapify(self._heap)

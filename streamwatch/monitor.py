@@ -321,6 +321,8 @@ class Monitor:
         raised: list[Alarm] = []
         with self._lock:
             for (model, version, partition), group in groups.items():
+                if version == OTHER:
+                    continue  # many versions mixed: no reference, no detectors
                 raised += self._apply_group((model, version, ALL), partition, group)
                 raised += self._apply_slices(model, version, partition, group)
                 self.activity.saw((model, version), max(p.timestamp for p in group))
@@ -333,6 +335,13 @@ class Monitor:
                 )
             self.alarm_log.extend(raised)
         return raised
+
+    def forget_version(self, model: str, version: str) -> None:
+        """Drop a model version's state and series (it lost its place among the tracked
+        versions); if it comes back, it starts over."""
+        with self._lock:
+            self.activity.forget((model, version))
+            self._forget(lambda segment: segment[:2] == (model, version))
 
     def _retire_idle_versions(self) -> None:
         """Forget idle model versions (:mod:`streamwatch.activity`): their series leave

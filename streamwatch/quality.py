@@ -17,6 +17,7 @@ gives exact global values.
 from __future__ import annotations
 
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from river import drift
 from streamwatch.activity import Activity
 from streamwatch.config import ModelSpec, QualitySettings, Settings, WindowSpec
 from streamwatch.decode import Label, Prediction
-from streamwatch.join import PendingPredictions, id_hash
+from streamwatch.join import EarlyLabels, PendingPredictions, id_hash
 from streamwatch.reference import Profile
 from streamwatch.scores import (
     Counts,
@@ -74,6 +75,8 @@ class QualitySnapshot:
     expired: dict[tuple[str, str], int] = field(default_factory=dict)
     joined: dict[tuple[str, str], int] = field(default_factory=dict)
     unmatched_labels: int = 0
+    early_held: int = 0
+    evicted_labels: int = 0
     duplicate_labels: int = 0
     duplicate_predictions: dict[str, int] = field(default_factory=dict)
     overflow: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -157,8 +160,9 @@ class PartitionQuality:
     """One partition's join state, windows and detectors."""
 
     pending: dict[str, PendingPredictions]
-    early: dict[int, tuple[float | str, float]] = field(default_factory=dict)  # by id hash
+    early: EarlyLabels = field(default_factory=EarlyLabels)
     prediction_watermark: float = float("-inf")
+    watermark_moved: float = field(default_factory=time.monotonic)  # wall clock
     label_watermark: float = float("-inf")
     windows: dict[int, Windows] = field(default_factory=dict)  # by key code
     estimates: dict[int, Windows] = field(default_factory=dict)
@@ -175,6 +179,10 @@ class Quality:
         self.settings: QualitySettings = settings.quality
         self.ttl = settings.labels.ttl_seconds
         self.hold = settings.labels.early_hold_seconds
+        self.hold_budget = settings.labels.early_hold_max_labels
+        self.hold_idle = settings.labels.early_hold_idle_seconds
+        self.clock: Callable[[], float] = time.monotonic  # wall clock of the idle release
+        self.evicted_labels = 0  # released over the budget
         self.specs: dict[str, ModelSpec] = {m.name: m for m in settings.models}
         self.slicers = {m.name: Slicer(m.slices) for m in settings.models}
         # class -> code; declared classes first, so code j is probability column j
@@ -234,6 +242,8 @@ class Quality:
                 held = self._store(state, preds)
                 alarms += self._join(state, held + labs)
                 self._expire(state)
+            self._release_idle()
+            self._enforce_hold_budget()
             self._retire_idle_versions()
         return alarms
 
@@ -266,10 +276,12 @@ class Quality:
             self.duplicate_predictions[name] += int((~added).sum())
             if not added.any():
                 continue
-            state.prediction_watermark = max(state.prediction_watermark, float(times.max()))
+            if float(times.max()) > state.prediction_watermark:
+                state.prediction_watermark = float(times.max())
+                state.watermark_moved = self.clock()
             if state.early:  # labels that came first
                 for i in np.flatnonzero(added).tolist():
-                    waiting = state.early.pop(keys[i], None)
+                    waiting = state.early.pop(keys[i])
                     if waiting is not None:
                         p = group[i]
                         matched.append(
@@ -403,7 +415,7 @@ class Quality:
             if keys[i] in state.early:
                 self.duplicate_labels += 1  # the first label waiting for it wins
             else:
-                state.early[keys[i]] = (labels[i].label, labels[i].timestamp)
+                state.early.hold(keys[i], labels[i].label, labels[i].timestamp)
         return alarms
 
     def _score(
@@ -504,11 +516,26 @@ class Quality:
             for slot in store.expire(state.label_watermark - self.ttl).tolist():
                 model, version, _ = self.keys.names[int(store.columns["key0"][slot])]
                 self.expired[(model, version)] += 1
-        limit = state.prediction_watermark - self.hold
-        stale = [pid for pid, (_, t) in state.early.items() if t < limit]
-        for pid in stale:
-            del state.early[pid]
-        self.unmatched_labels += len(stale)
+        self.unmatched_labels += state.early.release_before(state.prediction_watermark - self.hold)
+
+    def _release_idle(self) -> None:
+        """A partition whose predictions stopped would hold its early labels forever:
+        after ``early_hold_idle_seconds`` of wall-clock time they are released."""
+        now = self.clock()
+        for state in self.partitions.values():
+            if state.early and now - state.watermark_moved > self.hold_idle:
+                self.unmatched_labels += state.early.release_all()
+                state.watermark_moved = now
+
+    def _enforce_hold_budget(self) -> None:
+        """Over the budget, release the oldest held labels of the fullest partitions."""
+        held = sum(len(s.early) for s in self.partitions.values())
+        while held > self.hold_budget:
+            fullest = max(self.partitions.values(), key=lambda s: len(s.early))
+            released = fullest.early.release_oldest(held - self.hold_budget)
+            self.unmatched_labels += released
+            self.evicted_labels += released
+            held -= released
 
     # -- retiring what went away ----------------------------------------------------------
     def _saw(self, version_codes: IntArray, times: FloatArray, prediction: bool) -> None:
@@ -518,14 +545,24 @@ class Quality:
             newest = float(times[version_codes == code].max())
             self.activity.saw(self.keys.names[code][:2], newest, prediction)
 
+    def forget_version(self, model: str, version: str) -> None:
+        """Drop a model version's windows and series (it lost its place among the tracked
+        versions); its pending predictions then count under ``__other__``."""
+        with self._lock:
+            self.activity.forget((model, version))
+            self._retire_version(model, version, (model, OTHER))
+
     def _retire_idle_versions(self) -> None:
         """Forget idle model versions (:mod:`streamwatch.activity`): their series leave
         /metrics."""
         for model, version in self.activity.take_idle():
-            for code in [c for k, c in self.keys.codes.items() if k[:2] == (model, version)]:
-                self._forget(code, self.keys.names[code])
-            self.expired.pop((model, version), None)
-            self.joined.pop((model, version), None)
+            self._retire_version(model, version, None)
+
+    def _retire_version(self, model: str, version: str, successor: tuple[str, str] | None) -> None:
+        for key, code in [(k, c) for k, c in self.keys.codes.items() if k[:2] == (model, version)]:
+            self._forget(code, key if successor is None else (*successor, key[2]))
+        self.expired.pop((model, version), None)
+        self.joined.pop((model, version), None)
 
     def _retire_slice(self, model: str, value: str, other: str) -> None:
         """A slice value left the tracked set: its series go, its pending predictions will
@@ -565,6 +602,8 @@ class Quality:
                 expired=dict(self.expired),
                 joined=dict(self.joined),
                 unmatched_labels=self.unmatched_labels,
+                early_held=sum(len(p.early) for p in self.partitions.values()),
+                evicted_labels=self.evicted_labels,
                 duplicate_labels=self.duplicate_labels,
                 duplicate_predictions=dict(self.duplicate_predictions),
                 overflow={

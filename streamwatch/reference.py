@@ -17,6 +17,7 @@ with their counts, an overflow count and the missing rate.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -160,25 +161,30 @@ class CategoricalReference:
     @classmethod
     def from_sample(cls, values: npt_object) -> CategoricalReference:
         missing = np.array([v is None for v in values], dtype=bool)
-        present = values[~missing].astype(str)
-        uniques, counts = np.unique(present, return_counts=True)
-        order = np.argsort(-counts, kind="stable")[:MAX_CATEGORIES]
-        categories = [str(uniques[i]) for i in order]
-        kept = counts[order]
+        # Counted as Python strings: a fixed-width numpy string array would be as wide as the
+        # longest value, times the events.
+        tally = Counter(str(v) for v in values[~missing])
+        ranked = sorted(tally.items(), key=lambda item: (-item[1], item[0]))[:MAX_CATEGORIES]
+        categories = [c for c, _ in ranked]
+        kept = np.array([n for _, n in ranked], dtype=np.int64)
+        counts = np.array(list(tally.values()), dtype=np.int64)
         other = int(counts.sum() - kept.sum())
         table = np.concatenate([kept, [other, int(missing.sum())]]).astype(np.int64)
         return cls(categories, table, float(missing.mean()) if len(values) else 0.0, len(values))
 
     def codes(self, values: npt_object) -> IntArray:
         """Column of each value: its category, ``other``, or ``missing`` (the last)."""
-        missing = values == None  # noqa: E711 - elementwise on an object array
-        as_text = values.astype(str)
-        uniques, inverse = np.unique(as_text, return_inverse=True)
-        other = len(self.categories)
-        lookup = np.array([self.index.get(str(u), other) for u in uniques], dtype=np.int64)
-        codes = lookup[inverse.reshape(-1)] if len(uniques) else np.zeros(0, dtype=np.int64)
-        codes[missing] = other + 1
-        return codes
+        # One dict lookup per value, O(events) memory whatever the strings hold (a fixed-width
+        # numpy string array would cost events x the longest value).
+        get, other = self.index.get, len(self.categories)
+        return np.fromiter(
+            (
+                other + 1 if v is None else get(v if type(v) is str else str(v), other)
+                for v in values
+            ),
+            dtype=np.int64,
+            count=len(values),
+        )
 
 
 npt_object = Any  # a 1-d numpy array of dtype object (numpy's typing cannot say more)

@@ -79,15 +79,63 @@ class RecentCounts:
         return self.counts.get(value, 0.0) / self.total if self.total > 0 else 0.0
 
 
+class HeavyHitters:
+    """At most ``max_values`` tracked values, the most frequent of recent traffic.
+
+    A value enters once it carries ``ENTER_SHARE / max_values`` of recent traffic and there
+    is room, or once it outweighs the lightest tracked value by ``MARGIN`` (which it then
+    replaces); with ``retire_fraction`` > 0 a value whose share falls under that fraction of
+    the entering share leaves by itself. ``retired`` lists the values that left."""
+
+    def __init__(self, max_values: int, retire_fraction: float = RETIRE_FRACTION) -> None:
+        self.max_values = max_values
+        self.retire_fraction = retire_fraction
+        self.tracked: dict[str, None] = {}  # an ordered set
+        self.recent = RecentCounts(40 * max_values)
+        self.retired: list[str] = []
+
+    def update(self, batch: Counter[str]) -> int:
+        """Count a batch in and retrack; return how many of its events are not tracked."""
+        self.recent.update(batch)
+        self._retrack()
+        return sum(n for v, n in batch.items() if v not in self.tracked)
+
+    def _retrack(self) -> None:
+        recent, tracked = self.recent, self.tracked
+        support = ENTER_SHARE / self.max_values
+        floor = support * self.retire_fraction
+        for value in [v for v in tracked if recent.share(v) < floor]:
+            self._retire(value)
+        candidates = sorted(
+            (
+                (n, v)
+                for v, n in recent.counts.items()
+                if v not in tracked and n >= support * recent.total
+            ),
+            reverse=True,
+        )
+        for n, value in candidates:
+            if len(tracked) >= self.max_values:
+                lightest = min(tracked, key=lambda v: recent.counts.get(v, 0.0))
+                if n <= MARGIN * recent.counts.get(lightest, 0.0):
+                    break  # candidates come heaviest first: none of the rest wins either
+                self._retire(lightest)
+            tracked[value] = None
+
+    def _retire(self, value: str) -> None:
+        del self.tracked[value]
+        self.retired.append(value)
+
+
 class Slicer:
     """Slice values of events for one model's slice specs, with the heavy-hitter guard."""
 
     def __init__(self, specs: list[SliceSpec]) -> None:
         self.specs = specs
-        self.tracked: list[dict[str, None]] = [{} for _ in specs]  # ordered sets
-        self.recent = [RecentCounts(40 * s.max_values) for s in specs]
+        self.hitters = [HeavyHitters(s.max_values) for s in specs]
+        self.tracked = [h.tracked for h in self.hitters]  # ordered sets, per spec
+        self.recent = [h.recent for h in self.hitters]
         self.overflow = [0] * len(specs)
-        self.retired: list[tuple[str, str]] = []  # (spec name, value) since the last take
 
     def value(self, spec: SliceSpec, p: Prediction) -> str:
         parts = []
@@ -107,10 +155,7 @@ class Slicer:
         out = []
         for i, spec in enumerate(self.specs):
             values = [self.value(spec, p) for p in predictions]  # one string per event
-            batch = Counter(values)
-            self.recent[i].update(batch)
-            self._retrack(i)
-            self.overflow[i] += sum(n for v, n in batch.items() if v not in self.tracked[i])
+            self.overflow[i] += self.hitters[i].update(Counter(values))
             out.append(self._tracked_or_other(i, values))
         return out
 
@@ -126,32 +171,10 @@ class Slicer:
     def is_tracked(self, value: str) -> bool:
         return any(value in tracked for tracked in self.tracked)
 
-    def _retrack(self, i: int) -> None:
-        spec, recent, tracked = self.specs[i], self.recent[i], self.tracked[i]
-        support = ENTER_SHARE / spec.max_values
-        for value in [v for v in tracked if recent.share(v) < support * RETIRE_FRACTION]:
-            self._retire(i, value)
-        candidates = sorted(
-            (
-                (n, v)
-                for v, n in recent.counts.items()
-                if v not in tracked and n >= support * recent.total
-            ),
-            reverse=True,
-        )
-        for n, value in candidates:
-            if len(tracked) >= spec.max_values:
-                lightest = min(tracked, key=lambda v: recent.counts.get(v, 0.0))
-                if n <= MARGIN * recent.counts.get(lightest, 0.0):
-                    break  # candidates come heaviest first: none of the rest wins either
-                self._retire(i, lightest)
-            tracked[value] = None
-
-    def _retire(self, i: int, value: str) -> None:
-        del self.tracked[i][value]
-        self.retired.append((self.specs[i].name, value))
-
     def take_retired(self) -> list[tuple[str, str]]:
         """(slice name, value) of the values retired since the last call."""
-        retired, self.retired = self.retired, []
+        retired = []
+        for spec, hitters in zip(self.specs, self.hitters, strict=True):
+            retired += [(spec.name, value) for value in hitters.retired]
+            hitters.retired = []
         return retired

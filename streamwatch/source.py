@@ -4,6 +4,12 @@ At-least-once by construction: offsets are *stored* only after a batch's effects
 applied (``enable.auto.offset.store=false``) and *committed* only by the worker's checkpoint
 (``enable.auto.commit=false``), after the dead-letter producer is flushed.
 
+Commits are asynchronous: a synchronous commit blocks while the group coordinator is away
+(45 s, then an exception, in a broker outage). Their results arrive through ``on_commit``;
+:attr:`Source.commit_error` holds the last failure until a commit succeeds, which the
+worker reports as not ready. Offsets that failed to commit stay stored and go out with the
+next commit.
+
 Both topics are consumed by one group with the ``range`` assignor: with equal partition
 counts it gives partition p of each topic to the same worker, which the label join relies on.
 """
@@ -11,6 +17,7 @@ counts it gives partition p of each topic to the same worker, which the label jo
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -42,6 +49,16 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+def check_properties(settings: Settings) -> str | None:
+    """librdkafka's objection to the passthrough properties, or None. Creating a client
+    validates its configuration without contacting the cluster."""
+    try:
+        Consumer(consumer_config(settings)).close()
+    except KafkaException as error:
+        return str(error.args[0].str())
+    return None
+
+
 class Source:
     """Consumes both topics in micro-batches and keeps track of offsets to store."""
 
@@ -51,13 +68,27 @@ class Source:
         self.topics = (settings.topics.predictions, settings.topics.labels)
         self._required = (*self.topics, settings.topics.dead_letters)
         self._servers = settings.kafka.bootstrap_servers
-        self._consumer = Consumer(consumer_config(settings))
+        self._timeout = settings.kafka.connect_timeout_seconds
+        self._consumer = Consumer({**consumer_config(settings), "on_commit": self._committed})
         self._on_assign, self._on_revoke, self._on_lost = on_assign, on_revoke, on_lost
         self.assignment: list[TopicPartition] = []
+        self.commits_in_flight = 0
+        self.commit_error: str | None = None
+        self.last_commit = time.monotonic()  # of the last successful commit
+        self._logged: dict[int, float] = {}  # error code -> when it was last logged
 
-    def check_topics(self, timeout: float = 10.0) -> dict[str, int]:
-        """Partition counts of the topics; raises KafkaSetupError if one is missing."""
-        metadata = self._consumer.list_topics(timeout=timeout)
+    def check_topics(self) -> dict[str, int]:
+        """Partition counts of the topics; raises KafkaSetupError if one is missing or the
+        cluster does not answer within ``kafka.connect_timeout_seconds``."""
+        try:
+            metadata = self._consumer.list_topics(timeout=self._timeout)
+        except KafkaException as error:
+            raise KafkaSetupError(
+                f"cannot reach Kafka at {self._servers} within "
+                f"kafka.connect_timeout_seconds={self._timeout:g} "
+                f"({error.args[0].str()}): check kafka.bootstrap_servers, the network and "
+                f"the kafka.properties for security"
+            ) from None
         counts = {}
         for name in self._required:
             topic = metadata.topics.get(name)
@@ -97,8 +128,15 @@ class Source:
             elif error.fatal():
                 raise KafkaException(error)
             elif error.code() != KafkaError._PARTITION_EOF:
-                log.warning("consumer error: %s", error)
+                self._log_once_a_minute(error)
         return data
+
+    def _log_once_a_minute(self, error: KafkaError) -> None:
+        """Transient errors (an outage) repeat at every poll: log each kind once a minute."""
+        now = time.monotonic()
+        if now - self._logged.get(error.code(), -60.0) >= 60.0:
+            self._logged[error.code()] = now
+            log.warning("consumer error (retrying): %s", error)
 
     def store(self, messages: list[Message]) -> None:
         """Mark a processed batch: next offset per partition, for the next commit."""
@@ -115,12 +153,50 @@ class Source:
             )
 
     def commit(self) -> None:
-        """Commit the stored offsets synchronously (nothing stored is not an error)."""
+        """Commit the stored offsets asynchronously; the result arrives in ``on_commit``."""
         try:
-            self._consumer.commit(asynchronous=False)
+            self._consumer.commit(asynchronous=True)
+            self.commits_in_flight += 1
         except KafkaException as error:
             if error.args[0].code() != KafkaError._NO_OFFSET:
-                raise
+                self.commit_error = str(error.args[0].str())
+
+    def _committed(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        self.commits_in_flight = max(0, self.commits_in_flight - 1)
+        failed = error if error is not None and error.code() != KafkaError._NO_OFFSET else None
+        failed = failed or next((tp.error for tp in partitions if tp.error), None)
+        if failed is None:
+            self.commit_error = None
+            self.last_commit = time.monotonic()
+        else:
+            self.commit_error = str(failed.str())
+            self._log_once_a_minute(failed)
+
+    def wait_for_commits(self, timeout: float) -> bool:
+        """Serve commit results (consuming nothing: every partition is paused) until none
+        is in flight or ``timeout`` passes; True if every commit succeeded."""
+        self.pause()
+        deadline = time.monotonic() + timeout
+        while self.commits_in_flight and time.monotonic() < deadline:
+            self._consumer.poll(0.1)  # serves callbacks; paused partitions yield nothing
+        return self.commits_in_flight == 0 and self.commit_error is None
+
+    def pause(self) -> None:
+        if self.assignment:
+            self._consumer.pause(self.assignment)
+
+    def resume(self) -> None:
+        if self.assignment:
+            self._consumer.resume(self.assignment)
+
+    def uncommitted(self) -> dict[tuple[str, int], int]:
+        """Per assigned partition, the next offset a restart would read from: what will be
+        re-read if the last commits did not go through."""
+        try:
+            committed = self._consumer.committed(self.assignment, timeout=1.0)
+        except KafkaException:
+            return {}
+        return {(tp.topic, tp.partition): tp.offset for tp in committed}
 
     def lag(self) -> dict[tuple[str, int], int]:
         """Messages behind the end of each assigned partition (from cached watermarks)."""

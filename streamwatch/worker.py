@@ -1,9 +1,10 @@
-"""Worker: the consume → decode → monitor → store loop, with checkpoints and rebalances.
+"""Worker: the consume → decode → admit → monitor → store loop, with checkpoints and rebalances.
 
 One iteration::
 
     consume a batch (short timeout, so a stop request is seen within a second)
-    decode every message; rejections → dead-letter producer + invalid counter
+    decode every message, then admit it (event-time bounds, the model-version cap);
+    rejections → dead-letter producer + invalid counter
     apply the valid predictions to the monitor (vectorised per model version and partition)
     store the batch's offsets
 
@@ -11,8 +12,14 @@ A checkpoint, every ``worker.commit_interval_seconds``, on revoke and at shutdow
 this order, and a later step never runs if an earlier one failed:
 
     1. (state changelog: comes with the durability issue)
-    2. flush the dead-letter producer (every rejected message is acknowledged)
-    3. commit the stored offsets synchronously
+    2. flush the dead-letter producer: every rejected message is acknowledged
+    3. commit the stored offsets (asynchronously: results arrive in the next polls)
+
+If step 2 fails (the dead-letter topic is unreachable), nothing is committed and
+consumption pauses (backpressure) until the letters are acknowledged. No outage ends the
+process: the loop keeps polling, ``/readyz`` says what is wrong, and it resumes by itself.
+On SIGTERM it finishes the batch, tries the checkpoint for ``worker.shutdown_grace_seconds``
+and exits 0, logging what a restart will re-read if the commit did not go through.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import KafkaException, TopicPartition
 
+from streamwatch.admission import EventClock, VersionCap
 from streamwatch.config import Settings
 from streamwatch.deadletter import DeadLetters
 from streamwatch.decode import Decoder, Label, Prediction, RawMessage, Rejection
@@ -54,6 +62,8 @@ class Pipeline:
     ) -> None:
         self.topics = settings.topics
         self.decoder = Decoder(settings)
+        self.clock = EventClock(settings)
+        self.versions = VersionCap(settings)
         self.monitor = monitor
         self.quality = quality
         self.telemetry = telemetry
@@ -66,23 +76,32 @@ class Pipeline:
         labels: list[Label] = []
         rejected: list[Rejection] = []
         predictions_topic = self.topics.predictions
+        clock = self.clock
+        clock.start_batch()
         for m in messages:
             topic = m.topic() or ""
             headers = m.headers()
             if isinstance(headers, dict):
                 headers = list(headers.items())
-            args = (m.value(), m.key(), headers, topic, m.partition() or 0, m.offset() or 0)
+            partition = m.partition() or 0
+            args = (m.value(), m.key(), headers, topic, partition, m.offset() or 0)
             record = (
                 self.decoder.prediction(*args)
                 if topic == predictions_topic
                 else self.decoder.label(*args)
             )
-            if isinstance(record, Prediction):
-                predictions.append(record)
-            elif isinstance(record, Label):
-                labels.append(record)
-            else:
+            if isinstance(record, Rejection):
                 rejected.append(record)
+                continue
+            late = clock.check(topic, partition, record.timestamp)
+            if late is not None:
+                reason, detail = late
+                rejected.append(Rejection(topic, partition, args[5], reason, detail, *args[:3]))
+            elif isinstance(record, Prediction):
+                predictions.append(record)
+            else:
+                labels.append(record)
+        predictions = self._cap_versions(predictions)
         for r in rejected:
             if dead_letters is not None:
                 dead_letters.send(r)
@@ -117,6 +136,21 @@ class Pipeline:
         self._count(predictions_topic, predictions, labels)
         self.processed += len(messages)
         return Outcome(rejected, alarms)
+
+    def _cap_versions(self, predictions: list[Prediction]) -> list[Prediction]:
+        capped, overflow = self.versions.apply(predictions)
+        for model, version in self.versions.take_displaced():
+            log.info(
+                "model %s version %s lost its place among the tracked versions", model, version
+            )
+            self.monitor.forget_version(model, version)
+            self.quality.forget_version(model, version)
+        t = self.telemetry
+        for model, n in overflow.items():
+            t.version_overflow.labels(model).inc(n)
+        for model, n in self.versions.tracked().items():
+            t.versions_tracked.labels(model).set(n)
+        return capped
 
     def _count(
         self, predictions_topic: str, predictions: list[Prediction], labels: list[Label]
@@ -161,9 +195,12 @@ class Worker:
                 ],
             ) from None
         self._lag_series: set[tuple[str, str]] = set()
+        self._paused = False  # backpressure: the dead-letter topic does not acknowledge
+        self._stopping = False
 
     def check(self) -> None:
-        """Refuse to start on missing topics or topics that are not co-partitioned."""
+        """Refuse to start on an unreachable cluster, missing topics or topics that are not
+        co-partitioned; read the dead-letter topic's message size limit."""
         counts = self.source.check_topics()
         predictions, labels = self.source.topics
         if counts[predictions] != counts[labels]:
@@ -172,12 +209,13 @@ class Worker:
                 f"({counts[labels]} partitions) must have the same partition count, so that "
                 f"a prediction and its label land on the same worker: repartition one of them"
             )
+        self.dead_letters.check(self.settings.kafka.connect_timeout_seconds)
 
     def run(self, stop: threading.Event) -> None:
         """Consume until ``stop`` is set, then finish the batch, checkpoint and close."""
         w = self.settings.worker
+        self.check()
         try:
-            self.check()
             self.source.subscribe()
             last_commit = time.monotonic()
             while not stop.is_set():
@@ -188,19 +226,75 @@ class Worker:
                         self.pipeline.process(messages, self.dead_letters)
                     self.source.store(messages)
                 if time.monotonic() - last_commit >= w.commit_interval_seconds:
-                    self.checkpoint()
+                    self.checkpoint(min(1.0, w.commit_interval_seconds + 0.1))
                     self._export_lag()
                     last_commit = time.monotonic()
-            self.checkpoint()
-            log.info("stopped after %d messages; offsets committed", self.pipeline.processed)
+                self._report_health()
+            self._stopping = True
+            self._final_checkpoint(w.shutdown_grace_seconds)
         finally:
-            self.source.close()  # triggers the final revoke, which checkpoints again
+            self._stopping = True
+            self.source.close()  # the final revoke does not checkpoint again
             self.health.assigned = 0
 
-    def checkpoint(self) -> None:
-        """Dead letters acknowledged first, input offsets committed second."""
-        self.dead_letters.flush()
+    def checkpoint(self, timeout: float) -> bool:
+        """Dead letters acknowledged first, input offsets committed second. Returns False,
+        pausing consumption, while the dead letters are not acknowledged."""
+        if not self.dead_letters.flush(timeout):
+            self.telemetry.checkpoint_failures.labels("dead_letters").inc()
+            if not self._paused:
+                log.warning(
+                    "dead-letter topic %r does not acknowledge (%s): %d letter(s) pending; "
+                    "pausing consumption and committing nothing until it does",
+                    self.dead_letters.topic,
+                    self.dead_letters.last_error,
+                    self.dead_letters.pending,
+                )
+                self.source.pause()
+                self._paused = True
+            return False
+        if self._paused:
+            log.info("dead letters acknowledged; resuming consumption")
+            self.source.resume()
+            self._paused = False
         self.source.commit()
+        return True
+
+    def _final_checkpoint(self, grace: float) -> None:
+        deadline = time.monotonic() + grace
+        committed = self.checkpoint(grace / 2) and self.source.wait_for_commits(
+            max(0.1, deadline - time.monotonic())
+        )
+        if committed:
+            log.info("stopped after %d messages; offsets committed", self.pipeline.processed)
+            return
+        log.warning(
+            "stopped after %d messages without a final commit (%s; %d dead letter(s) "
+            "unacknowledged): a restart re-reads from the last committed offsets %s",
+            self.pipeline.processed,
+            self.source.commit_error or "no answer from the group coordinator",
+            self.dead_letters.pending,
+            self.source.uncommitted() or "(unknown: the cluster does not answer)",
+        )
+
+    def _report_health(self) -> None:
+        t = self.telemetry
+        t.dead_letters_pending.set(self.dead_letters.pending)
+        t.dead_letters_omitted.set(self.dead_letters.omitted)
+        if self._paused:
+            self.health.problem = (
+                f"dead-letter topic unavailable ({self.dead_letters.pending} letters "
+                f"unacknowledged): consumption paused, nothing committed"
+            )
+            return
+        stale = time.monotonic() - self.source.last_commit
+        limit = max(10.0, 5 * self.settings.worker.commit_interval_seconds)
+        if self.source.commit_error is not None:
+            self.health.problem = f"cannot commit offsets: {self.source.commit_error}"
+        elif self.source.commits_in_flight and stale > limit:
+            self.health.problem = f"no offset commit has succeeded for {stale:.0f}s"
+        else:
+            self.health.problem = None
 
     def _export_lag(self) -> None:
         for (topic, partition), lag in self.source.lag().items():
@@ -213,11 +307,13 @@ class Worker:
         owned = [tp.partition for tp in partitions if tp.topic == self.settings.topics.predictions]
         self.pipeline.monitor.assign(owned)
         self.pipeline.quality.assign(owned)
+        self._paused = False  # a new assignment starts unpaused
         self._set_assigned(partitions)
 
     def _revoked(self, partitions: list[TopicPartition]) -> None:
         log.info("revoked %s", [(tp.topic, tp.partition) for tp in partitions])
-        self.checkpoint()  # the batch before this callback is applied and stored
+        if not self._stopping:  # at shutdown the final checkpoint already ran
+            self.checkpoint(5.0)  # the batch before this callback is applied and stored
         self._drop(partitions)
 
     def _lost(self, partitions: list[TopicPartition]) -> None:
@@ -229,6 +325,7 @@ class Worker:
         self.pipeline.monitor.revoke(owned)
         self.pipeline.quality.revoke(owned)
         for tp in partitions:  # retire the lag series of partitions we no longer own
+            self.pipeline.clock.forget(tp.topic, tp.partition)
             key = (tp.topic, str(tp.partition))
             if key in self._lag_series:
                 self._lag_series.discard(key)

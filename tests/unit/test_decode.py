@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from streamwatch.admission import ADMISSION_REASONS
 from streamwatch.config import parse_settings
 from streamwatch.decode import REASONS, Decoder, Label, Prediction, Rejection, parse_timestamp
 
@@ -22,7 +23,8 @@ MODELS = [
     {"name": "intent", "task": "multiclass", "features": [{"name": "len", "type": "numeric"}]},
     {"name": "eta", "task": "regression", "features": [{"name": "km", "type": "numeric"}]},
 ]
-DECODER = Decoder(parse_settings({"models": MODELS, "contract": {"max_message_bytes": 4096}}))
+LIMITS = {"max_message_bytes": 4096, "max_string_chars": 64, "max_fields": 16, "max_depth": 8}
+DECODER = Decoder(parse_settings({"models": MODELS, "contract": LIMITS}))
 
 
 def event(**changes: Any) -> dict[str, Any]:
@@ -94,52 +96,55 @@ def test_missing_features_are_allowed_as_missing_values() -> None:
     assert isinstance(record, Prediction)
 
 
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        (None, "empty"),
-        (b"x" * 5000, "too_large"),
-        (b'{"a": "\xc3\x28"}', "invalid_utf8"),
-        (b"{", "not_json"),
-        (b'{"a": -1e999}', "non_finite"),
-        (b"[" * 1100 + b"]" * 1100, "too_deep"),
-        (b'"a string"', "not_object"),
-        (orjson.dumps({k: v for k, v in event().items() if k != "features"}), "missing_field"),
-        (orjson.dumps(event(model_version=None)), "missing_field"),
-        (orjson.dumps(event(features={"amount": "12.5"})), "wrong_type"),
-        (orjson.dumps(event(features={"amount": True})), "wrong_type"),
-        (orjson.dumps(event(features={"country": {"nested": 1}})), "wrong_type"),
-        (orjson.dumps(event(features=[1, 2])), "wrong_type"),
-        (orjson.dumps(event(prediction="high")), "wrong_type"),
-        (orjson.dumps(event(prediction=1.01)), "out_of_range"),
-        (orjson.dumps(event(timestamp="2026-11-27 10:00")), "bad_timestamp"),
-        (orjson.dumps(event(timestamp="tomorrow")), "bad_timestamp"),
-        (orjson.dumps(event(timestamp=[1])), "bad_timestamp"),
-        (orjson.dumps(event(model="other")), "unknown_model"),
-        (orjson.dumps(event(attributes=[1])), "wrong_type"),
-    ],
-)
+def _nested(depth: int) -> Any:
+    node: Any = 1
+    for _ in range(depth - 1):
+        node = [node]
+    return node
+
+
+CASES: list[tuple[bytes | None, str]] = [
+    (None, "empty"),
+    (b"x" * 5000, "too_large"),
+    (b'{"a": "\xc3\x28"}', "invalid_utf8"),
+    (b"{", "not_json"),
+    (b'{"a": -1e999}', "non_finite"),
+    (b"[" * 1100 + b"]" * 1100, "too_deep"),
+    (b'"a string"', "not_object"),
+    (orjson.dumps({k: v for k, v in event().items() if k != "features"}), "missing_field"),
+    (orjson.dumps(event(model_version=None)), "missing_field"),
+    (orjson.dumps(event(features={"amount": "12.5"})), "wrong_type"),
+    (orjson.dumps(event(features={"amount": True})), "wrong_type"),
+    (orjson.dumps(event(features={"country": {"nested": 1}})), "wrong_type"),
+    (orjson.dumps(event(features=[1, 2])), "wrong_type"),
+    (orjson.dumps(event(prediction="high")), "wrong_type"),
+    (orjson.dumps(event(prediction=1.01)), "out_of_range"),
+    (orjson.dumps(event(timestamp="2026-11-27 10:00")), "bad_timestamp"),
+    (orjson.dumps(event(timestamp="tomorrow")), "bad_timestamp"),
+    (orjson.dumps(event(timestamp=[1])), "bad_timestamp"),
+    (orjson.dumps(event(model="other")), "unknown_model"),
+    (orjson.dumps(event(attributes=[1])), "wrong_type"),
+    (orjson.dumps(event(attributes={"deep": {"a": 1}})), "wrong_type"),
+    (orjson.dumps(event(extra=_nested(LIMITS["max_depth"] + 1))), "too_deep"),
+    (orjson.dumps(event(prediction_id="p" * 65)), "too_long"),
+    (orjson.dumps(event(model_version="v" * 65)), "too_long"),
+    (orjson.dumps(event(features={"amount": 1.0, "country": "c" * 65})), "too_long"),
+    (orjson.dumps(event(attributes={"country": "c" * 65})), "too_long"),
+    (orjson.dumps(event(attributes={"k" * 65: "DE"})), "too_long"),
+    (orjson.dumps(event(features={f"f{i}": 1 for i in range(17)})), "too_many_fields"),
+    (orjson.dumps(event(attributes={f"a{i}": 1 for i in range(17)})), "too_many_fields"),
+]
+
+
+@pytest.mark.parametrize(("value", "expected"), CASES)
 def test_each_contract_violation_has_its_reason(value: bytes | None, expected: str) -> None:
     assert reason(value) == expected
 
 
 def test_every_reason_is_reachable() -> None:
-    # The parametrised cases above cover REASONS exactly: a new reason needs a case.
-    covered = {
-        "empty",
-        "too_large",
-        "invalid_utf8",
-        "not_json",
-        "non_finite",
-        "too_deep",
-        "not_object",
-        "missing_field",
-        "wrong_type",
-        "out_of_range",
-        "bad_timestamp",
-        "unknown_model",
-    }
-    assert covered == set(REASONS)
+    # The cases above cover the decoder's reasons exactly: a new reason needs a case. The
+    # event-time reasons come from admission, which has its own tests.
+    assert {expected for _, expected in CASES} == set(REASONS) - set(ADMISSION_REASONS)
 
 
 def test_a_payload_shaped_differently_is_mapped_by_the_config() -> None:
@@ -232,3 +237,74 @@ def test_valid_events_round_trip(amount: float | None, score: float, country: st
     assert record.features == {"amount": amount, "country": country}
     assert record.prediction == score
     assert record.timestamp == ms / 1000.0
+
+
+def within_limits(record: Prediction | Label) -> None:
+    """No decoded record escapes the contract's limits."""
+    chars, fields = LIMITS["max_string_chars"], LIMITS["max_fields"]
+    assert len(record.prediction_id) <= chars
+    if isinstance(record, Label):
+        assert not isinstance(record.label, str) or len(record.label) <= chars
+        return
+    assert len(record.model_version) <= chars
+    assert len(record.features) <= fields
+    assert len(record.attributes) <= fields
+    strings = [v for v in record.attributes.values() if isinstance(v, str)]
+    strings += [*record.attributes, *(record.scores or {})]
+    strings += [v for k, v in record.features.items() if k == "country" and isinstance(v, str)]
+    strings += [s for s in (record.predicted_label, record.prediction) if isinstance(s, str)]
+    assert all(len(s) <= chars for s in strings)
+    assert all(
+        v is None or isinstance(v, str | int | float | bool) for v in record.attributes.values()
+    )
+
+
+contract_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=80),
+    lambda children: (
+        st.lists(children, max_size=20)
+        | st.dictionaries(st.text(max_size=80), children, max_size=20)
+    ),
+    max_leaves=60,
+)
+FIELDS = [
+    "prediction_id",
+    "model",
+    "model_version",
+    "timestamp",
+    "features",
+    "prediction",
+    "predicted_label",
+    "attributes",
+    "label",
+    "scores",
+    "class",
+]
+
+
+@given(st.binary(max_size=5000))
+def test_fuzz_arbitrary_bytes_never_raise(value: bytes) -> None:
+    for record in (decode(value), DECODER.label(value, None, None, "labels", 0, 1)):
+        if isinstance(record, Rejection):
+            assert record.reason in REASONS
+        else:
+            within_limits(record)
+
+
+@given(
+    st.dictionaries(st.sampled_from(FIELDS), contract_values, max_size=11),
+    st.sampled_from(["fraud", "intent", "eta"]),
+)
+def test_fuzz_arbitrary_json_against_the_contract(doc: dict[str, Any], model: str) -> None:
+    """Arbitrary JSON in every contract field: a valid record within every limit, or a
+    rejection with a known reason; never an exception."""
+    value = orjson.dumps({**event(model=model), **doc})
+    for record in (decode(value), DECODER.label(value, None, None, "labels", 0, 1)):
+        if isinstance(record, Rejection):
+            assert record.reason in REASONS
+        else:
+            within_limits(record)
