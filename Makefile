@@ -34,8 +34,10 @@ unit: setup ## the fast tests (no broker)
 test: setup kafka lint ## set everything up and run the whole test suite
 	$(PY) -m pytest
 
-broker: kafka ## run a local Kafka broker on 127.0.0.1:9092 until Ctrl+C
-	$(PYTHON) scripts/kafka_local.py start --port 9092
+BROKER_DATA ?= $(HOME)/.cache/streamwatch/broker-data
+
+broker: kafka ## run a local Kafka broker on 127.0.0.1:9092 until Ctrl+C (data kept in BROKER_DATA)
+	$(PYTHON) scripts/kafka_local.py start --port 9092 --data-dir $(BROKER_DATA)
 
 clean: ## remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

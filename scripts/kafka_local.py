@@ -11,6 +11,8 @@ Usage::
     python3 scripts/kafka_local.py fetch
     python3 scripts/kafka_local.py start --port 9092 --data-dir /tmp/sw-kafka   # runs until Ctrl+C
 
+Given the same ``--data-dir`` again, ``start`` reuses its topics and offsets.
+
 The test suite imports :class:`LocalKafka` from this file (stdlib only, on purpose: it must
 run before the project's virtualenv exists).
 """
@@ -101,9 +103,14 @@ def free_port() -> int:
 class LocalKafka:
     """One KRaft broker+controller on 127.0.0.1; a context manager that stops it on exit."""
 
-    def __init__(self, port: int | None = None, data_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        data_dir: Path | None = None,
+        controller_port: int | None = None,
+    ) -> None:
         self.port = port or free_port()
-        self.controller_port = free_port()
+        self.controller_port = controller_port or free_port()
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="streamwatch-kafka-"))
         self.process: subprocess.Popen[bytes] | None = None
@@ -150,13 +157,25 @@ class LocalKafka:
         ]
 
     def start(self, timeout: float = 60.0) -> LocalKafka:
+        """Start the broker; a data folder that holds a formatted log is reused as it is
+        (its topics and offsets survive a restart), an empty or new one is formatted."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         config = self._write_config()
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        subprocess.run(
-            self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)),
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
+        if not (self.data_dir / "data" / "meta.properties").exists():
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            subprocess.run(
+                # "--cluster-id=ID": an id may start with "-", which a separate argument
+                # would turn into an option
+                self._java(
+                    "kafka.tools.StorageTool",
+                    "format",
+                    f"--cluster-id={cluster_id}",
+                    "-c",
+                    str(config),
+                ),
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
         with (self.data_dir / "kafka.log").open("wb") as log:  # the child keeps its own fd
             self.process = subprocess.Popen(
                 self._java("kafka.Kafka", str(config)), stdout=log, stderr=subprocess.STDOUT
@@ -173,14 +192,20 @@ class LocalKafka:
         self.stop()
         raise TimeoutError(f"Kafka did not listen on port {self.port} within {timeout:.0f}s")
 
-    def stop(self) -> None:
+    def halt(self, kill: bool = False) -> None:
+        """Stop the process (SIGTERM, or SIGKILL with ``kill``), keeping the data: a later
+        :meth:`start` brings the same broker back on the same ports."""
         if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+            self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
             try:
                 self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+    def stop(self) -> None:
+        """Stop the broker; a temporary data folder of its own is removed."""
+        self.halt()
         if self._own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
@@ -202,13 +227,17 @@ def main() -> None:
     )
     start.add_argument("--port", type=int, default=9092, help="client port (default 9092)")
     start.add_argument(
-        "--data-dir", type=Path, help="data folder (default: a new temporary folder)"
+        "--data-dir",
+        type=Path,
+        help="data folder, created if missing and reused as it is on the next start "
+        "(default: a new temporary folder, removed at exit)",
     )
     args = parser.parse_args()
     if args.command == "fetch":
         print(fetch())
         return
-    broker = LocalKafka(port=args.port, data_dir=args.data_dir).start()
+    # a fixed controller port, so that the same data folder restarts with the same quorum
+    broker = LocalKafka(args.port, args.data_dir, controller_port=args.port + 1).start()
     print(
         f"Kafka {KAFKA_VERSION} listening on {broker.bootstrap_servers} "
         f"(data in {broker.data_dir}); Ctrl+C stops it",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from streamwatch import __version__
 from streamwatch.config import Settings, load_settings, parse_settings
-from streamwatch.errors import ConfigError, StreamwatchError
+from streamwatch.errors import ConfigError, ConfigProblem, StreamwatchError
 
 EPILOG = """\
 examples:
@@ -153,8 +153,29 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(code)
 
 
+def _load(path: Path) -> Settings:
+    """The settings, with librdkafka's verdict on the passthrough properties (a property
+    it refuses is a config error in ``check-config`` as in ``run``)."""
+    from streamwatch.source import check_properties
+
+    settings = load_settings(path)
+    refused = check_properties(settings)
+    if refused is not None:
+        raise ConfigError(
+            str(path),
+            [
+                ConfigProblem(
+                    "kafka.properties",
+                    refused,
+                    "use a property librdkafka knows (see librdkafka's CONFIGURATION.md)",
+                )
+            ],
+        )
+    return settings
+
+
 def _check(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config)
+    settings = _load(args.config)
     models = ", ".join(m.name for m in settings.models)
     print(f"{args.config}: OK ({len(settings.models)} model(s): {models})")
     return 0
@@ -230,13 +251,34 @@ def _stop_on_signals() -> threading.Event:
 
 def _run(args: argparse.Namespace) -> int:
     from streamwatch.app import build
-    from streamwatch.exporter import serve
+    from streamwatch.config import load_web_config
+    from streamwatch.endpoint import serve
 
-    settings = load_settings(args.config)
+    settings = _load(args.config)
     app = build(settings)
-    server = serve(app.registry, settings.exporter.address, settings.exporter.port, app.health)
+    e = settings.exporter
+    web = load_web_config(e.web_config_file) if e.web_config_file else None
+    try:
+        server = serve(
+            app.registry,
+            e.address,
+            e.port,
+            app.health,
+            web,
+            e.idle_timeout_seconds,
+            e.max_connections,
+        )
+    except OSError as error:
+        raise StreamwatchError(
+            f"cannot serve /metrics on {e.address}:{e.port} ({error.strerror or error}): "
+            f"another process uses the port; set exporter.port (or "
+            f"STREAMWATCH_EXPORTER__PORT) to a free one"
+        ) from None
     logging.getLogger("streamwatch").info(
-        "serving /metrics on %s:%d", settings.exporter.address, server.server_address[1]
+        "serving /metrics on %s://%s:%d",
+        "https" if web and web.tls_server_config else "http",
+        e.address,
+        server.server_address[1],
     )
     stop = _stop_on_signals()
     app.worker().run(stop)
@@ -248,7 +290,7 @@ def _run(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from streamwatch.app import build
     from streamwatch.demo import run_in_memory, run_on_kafka, summary
-    from streamwatch.exporter import serve
+    from streamwatch.endpoint import serve
     from streamwatch.simulation import DEMO_CONFIG, Scenario, record
 
     settings: Settings = parse_settings(DEMO_CONFIG, "<demo config>")

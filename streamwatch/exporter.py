@@ -4,17 +4,15 @@
   events, lag, batch duration), registered in an injected registry.
 * :class:`MonitorCollector` builds the drift families fresh at each scrape from
   :meth:`streamwatch.monitor.Monitor.snapshot`, so retired series simply stop appearing.
-* :func:`serve` answers ``/metrics``, ``/healthz`` (alive) and ``/readyz`` (partitions
-  assigned, consuming, not stalled). Every metric is listed in docs/metrics.md.
+* :class:`Health` is what ``/readyz`` reports (:mod:`streamwatch.endpoint` serves it).
+  Every metric is listed in docs/metrics.md.
 """
 
 from __future__ import annotations
 
 import platform
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import confluent_kafka
@@ -26,7 +24,6 @@ from prometheus_client import (
     disable_created_metrics,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from streamwatch import __version__
@@ -502,38 +499,3 @@ class Health:
         if idle > self.stall_seconds:
             return False, f"no poll for {idle:.0f}s (stalled)"
         return True, f"consuming {self.assigned} partition(s)"
-
-
-def serve(
-    registry: CollectorRegistry, address: str, port: int, health: Health | None = None
-) -> ThreadingHTTPServer:
-    """Start the HTTP endpoint in a daemon thread; ``port=0`` picks a free port."""
-    ready: Callable[[], tuple[bool, str]] = health.ready if health else (lambda: (True, "ok"))
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
-            if path == "/metrics":
-                self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
-            elif path == "/healthz":
-                self._send(200, b"ok\n")
-            elif path == "/readyz":
-                ok, why = ready()
-                self._send(200 if ok else 503, why.encode() + b"\n")
-            else:
-                self._send(404, b"try /metrics, /healthz or /readyz\n")
-
-        def _send(self, status: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass  # scrapes every few seconds would drown the worker's own log
-
-    server = ThreadingHTTPServer((address, port), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="exporter", daemon=True).start()
-    return server

@@ -40,14 +40,34 @@ class Topics:
         self.labels = f"{self.prefix}-labels"
         self.dead_letters = f"{self.prefix}-dead-letters"
 
-    def create(self, partitions: int = 2, labels_partitions: int | None = None) -> Topics:
+    def create(
+        self,
+        partitions: int = 2,
+        labels_partitions: int | None = None,
+        config: dict[str, str] | None = None,
+        dead_letter_config: dict[str, str] | None = None,
+    ) -> Topics:
+        """Create the three topics; ``config`` applies to the two input topics."""
         admin = AdminClient({"bootstrap.servers": self.bootstrap})
         specs = [
-            NewTopic(self.predictions, num_partitions=partitions, replication_factor=1),
             NewTopic(
-                self.labels, num_partitions=labels_partitions or partitions, replication_factor=1
+                self.predictions,
+                num_partitions=partitions,
+                replication_factor=1,
+                config=config or {},
             ),
-            NewTopic(self.dead_letters, num_partitions=1, replication_factor=1),
+            NewTopic(
+                self.labels,
+                num_partitions=labels_partitions or partitions,
+                replication_factor=1,
+                config=config or {},
+            ),
+            NewTopic(
+                self.dead_letters,
+                num_partitions=1,
+                replication_factor=1,
+                config=dead_letter_config or {},
+            ),
         ]
         for future in admin.create_topics(specs).values():
             future.result(timeout=30)
@@ -64,14 +84,17 @@ def produce(
     topic: str,
     messages: Iterable[tuple[bytes | None, bytes | None]],
     headers: list[tuple[str, str | bytes | None]] | None = None,
+    **properties: Any,
 ) -> int:
-    """Produce (key, value) pairs with the Java client's partitioner; returns the count."""
+    """Produce (key, value) pairs with the Java client's partitioner; returns the count.
+    ``properties`` are librdkafka's, with ``_`` for ``.`` (``message_max_bytes=...``)."""
     producer = Producer(
         {
             "bootstrap.servers": bootstrap,
             "partitioner": "murmur2_random",
             "linger.ms": 20,
             "enable.idempotence": True,
+            **{k.replace("_", "."): v for k, v in properties.items()},
         }
     )
     n = 0

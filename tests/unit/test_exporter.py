@@ -10,7 +10,8 @@ from prometheus_client import CollectorRegistry
 from streamwatch.app import build
 from streamwatch.config import parse_settings
 from streamwatch.demo import run_in_memory
-from streamwatch.exporter import Health, serve
+from streamwatch.endpoint import serve
+from streamwatch.exporter import Health
 from streamwatch.simulation import DEMO_CONFIG, Scenario
 from tests.conftest import ROOT
 
