@@ -69,13 +69,16 @@ class Source:
         self._required = (*self.topics, settings.topics.dead_letters)
         self._servers = settings.kafka.bootstrap_servers
         self._timeout = settings.kafka.connect_timeout_seconds
-        self._consumer = Consumer({**consumer_config(settings), "on_commit": self._committed})
+        self._consumer = Consumer(
+            {**consumer_config(settings), "on_commit": self._committed, "error_cb": self._error}
+        )
         self._on_assign, self._on_revoke, self._on_lost = on_assign, on_revoke, on_lost
         self.assignment: list[TopicPartition] = []
         self.commits_in_flight = 0
         self.commit_error: str | None = None
         self.last_commit = time.monotonic()  # of the last successful commit
         self._logged: dict[int, float] = {}  # error code -> when it was last logged
+        self.unreachable: str | None = None  # set while every broker is down
 
     def check_topics(self) -> dict[str, int]:
         """Partition counts of the topics; raises KafkaSetupError if one is missing or the
@@ -121,6 +124,8 @@ class Source:
         """A batch of data messages. Error events are logged, or raised when fatal."""
         messages = self._consumer.consume(num_messages=max_messages, timeout=timeout)
         data = []
+        if messages and self.unreachable:
+            self.unreachable = None  # something came from the cluster
         for message in messages:
             error = message.error()
             if error is None:
@@ -130,6 +135,26 @@ class Source:
             elif error.code() != KafkaError._PARTITION_EOF:
                 self._log_once_a_minute(error)
         return data
+
+    def _error(self, error: KafkaError) -> None:
+        """librdkafka's client-level errors (served inside poll): all brokers down starts
+        an outage, which :meth:`probe` ends."""
+        if error.code() == KafkaError._ALL_BROKERS_DOWN:
+            self.unreachable = str(error.str())
+        if error.fatal():
+            log.error("fatal consumer error: %s", error)
+        else:
+            self._log_once_a_minute(error)
+
+    def probe(self) -> bool:
+        """During an outage: ask the cluster for the predictions topic's metadata (briefly);
+        True, and the outage ends, when it answers."""
+        try:
+            self._consumer.list_topics(self.topics[0], timeout=0.5)
+        except KafkaException:
+            return False
+        self.unreachable = None
+        return True
 
     def _log_once_a_minute(self, error: KafkaError) -> None:
         """Transient errors (an outage) repeat at every poll: log each kind once a minute."""

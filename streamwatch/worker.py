@@ -211,10 +211,13 @@ class Worker:
             )
         self.dead_letters.check(self.settings.kafka.connect_timeout_seconds)
 
-    def run(self, stop: threading.Event) -> None:
-        """Consume until ``stop`` is set, then finish the batch, checkpoint and close."""
+    def run(self, stop: threading.Event) -> bool:
+        """Consume until ``stop`` is set, then finish the batch, checkpoint and close.
+        Returns False when the consumer could not close within the grace period (an
+        outage): the caller should then exit without waiting for it."""
         w = self.settings.worker
         self.check()
+        deadline = float("inf")
         try:
             self.source.subscribe()
             last_commit = time.monotonic()
@@ -230,12 +233,28 @@ class Worker:
                     self._export_lag()
                     last_commit = time.monotonic()
                 self._report_health()
+            deadline = time.monotonic() + w.shutdown_grace_seconds
             self._stopping = True
-            self._final_checkpoint(w.shutdown_grace_seconds)
+            self._final_checkpoint(w.shutdown_grace_seconds * 0.75)
         finally:
             self._stopping = True
-            self.source.close()  # the final revoke does not checkpoint again
             self.health.assigned = 0
+            closed = self._close(max(1.0, deadline - time.monotonic()))
+        return closed
+
+    def _close(self, timeout: float) -> bool:
+        """Close the consumer (leaving the group) within ``timeout``: in an outage the
+        leave can wait for a coordinator that is not there."""
+        if timeout == float("inf"):
+            self.source.close()
+            return True
+        closer = threading.Thread(target=self.source.close, name="close", daemon=True)
+        closer.start()
+        closer.join(timeout)
+        if closer.is_alive():
+            log.warning("the consumer did not close within the grace period (outage); exiting")
+            return False
+        return True
 
     def checkpoint(self, timeout: float) -> bool:
         """Dead letters acknowledged first, input offsets committed second. Returns False,
@@ -289,7 +308,12 @@ class Worker:
             return
         stale = time.monotonic() - self.source.last_commit
         limit = max(10.0, 5 * self.settings.worker.commit_interval_seconds)
-        if self.source.commit_error is not None:
+        if self.source.unreachable is not None and not self.source.probe():
+            self.health.problem = (
+                f"cannot reach Kafka ({self.source.unreachable}): offsets are not committed; "
+                f"resuming by itself when it is back"
+            )
+        elif self.source.commit_error is not None:
             self.health.problem = f"cannot commit offsets: {self.source.commit_error}"
         elif self.source.commits_in_flight and stale > limit:
             self.health.problem = f"no offset commit has succeeded for {stale:.0f}s"

@@ -118,3 +118,38 @@ def test_demo_serves_metrics_while_it_runs() -> None:
         assert demo.stdout is not None
         demo.stdout.close()
     assert seen > 0
+
+
+def _config(tmp_path: Path, **sections: object) -> Path:
+    config = {
+        "kafka": {"bootstrap_servers": f"127.0.0.1:{free_port()}", "connect_timeout_seconds": 1},
+        "models": [{"name": "m", "task": "binary", "features": [{"name": "x", "type": "numeric"}]}],
+        "exporter": {"port": 0},
+        **sections,
+    }
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_an_unreachable_broker_is_one_clear_message_and_exit_2(tmp_path: Path) -> None:
+    result = run_cli("run", "--config", str(_config(tmp_path)))
+    assert result.returncode == 2, result.stderr
+    assert "cannot reach Kafka at 127.0.0.1:" in result.stderr
+    assert "kafka.connect_timeout_seconds=1" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_port_in_use_is_one_clear_message_and_exit_2(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = _config(tmp_path, exporter={"address": "127.0.0.1", "port": port})
+        result = run_cli("run", "--config", str(config))
+    assert result.returncode == 2, result.stderr
+    assert f"cannot serve /metrics on 127.0.0.1:{port}" in result.stderr
+    assert "exporter.port" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ import yaml
 
 from streamwatch import ConfigError, load_settings
 from streamwatch.config import parse_settings
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_cli
 
 MINIMAL = {
     "models": [{"name": "m", "task": "binary", "features": [{"name": "x", "type": "numeric"}]}]
@@ -188,3 +189,76 @@ def test_tumbling_windows_are_named_apart_from_sliding_ones() -> None:
         "tumbling_1h",
         "tumbling_1d",
     ]
+
+
+SECRET = "s3cr3t-Value"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        f"    sasl.password: @{SECRET}",  # a YAML reserved indicator
+        f"    sasl.password: {SECRET}: more",  # a second mapping on one line
+        f'    sasl.password: "{SECRET}',  # an unclosed quote
+    ],
+)
+def test_yaml_errors_never_echo_a_secret(tmp_path: Path, line: str) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "kafka:\n  properties:\n    sasl.username: me\n"
+        + line
+        + "\nmodels:\n  - {name: m, task: binary, features: [{name: x, type: numeric}]}\n"
+    )
+    for args in (["check-config", str(config)], ["run", "--config", str(config)]):
+        result = run_cli(*args)
+        assert result.returncode == 2
+        assert "not valid YAML" in result.stderr
+        assert SECRET not in result.stderr + result.stdout
+        assert "line " in result.stderr
+
+
+def test_yaml_errors_quote_a_line_without_secrets(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("models: [\n  {name: m\n")
+    result = run_cli("check-config", str(config))
+    assert result.returncode == 2
+    assert "not valid YAML" in result.stderr
+
+
+def test_a_malformed_environment_override_names_the_variable(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(MINIMAL))
+    env = {**os.environ, "STREAMWATCH_KAFKA": '{"properties": {"sasl.password": "' + SECRET}
+    result = subprocess.run(
+        [sys.executable, "-m", "streamwatch", "check-config", str(config)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "STREAMWATCH_KAFKA" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert SECRET not in result.stderr
+
+
+def test_check_config_refuses_a_property_librdkafka_refuses(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({**MINIMAL, "kafka": {"properties": {"sasl.passwrd": "x"}}}))
+    result = run_cli("check-config", str(config))
+    assert result.returncode == 2
+    assert "kafka.properties" in result.stderr
+    assert "sasl.passwrd" in result.stderr
+
+
+def test_web_config_is_checked(tmp_path: Path) -> None:
+    web = tmp_path / "web.yaml"
+    web.write_text("basic_auth_users: {prometheus: not-a-hash}\n")
+    with pytest.raises(ConfigError) as caught:
+        parse_settings({**MINIMAL, "exporter": {"web_config_file": str(web)}})
+    assert "bcrypt" in str(caught.value)
+    web.write_text("tls_server_config: {cert_file: missing.pem, key_file: missing.key}\n")
+    with pytest.raises(ConfigError) as caught:
+        parse_settings({**MINIMAL, "exporter": {"web_config_file": str(web)}})
+    assert "tls_server_config.cert_file" in str(caught.value)

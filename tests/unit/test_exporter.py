@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import base64
 import re
 import urllib.error
 import urllib.request
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from streamwatch.app import build
@@ -130,3 +132,88 @@ def test_drift_per_slice_value_in_the_worker_pipeline() -> None:
         if s.name == "streamwatch_drift_alarms_total" and s.labels["feature"] == "amount"
     }
     assert alarmed & set(tracked)  # the shift in amount is seen within slice values too
+
+
+def test_idle_connections_are_closed_and_capped() -> None:
+    import socket
+    import time
+
+    server = serve(CollectorRegistry(), "127.0.0.1", 0, idle_timeout=0.5, max_connections=2)
+    port = server.server_address[1]
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+    try:
+        time.sleep(0.2)  # let the server accept both
+        with socket.create_connection(("127.0.0.1", port)) as extra:
+            extra.settimeout(5)
+            assert extra.recv(1) == b""  # refused at accept: no slot
+        for s in idle:
+            s.settimeout(5)
+            assert s.recv(1) == b""  # closed by the server after the idle timeout
+        assert _get(port, "/healthz") == (200, "ok\n")  # slots are free again
+    finally:
+        for s in idle:
+            s.close()
+        server.shutdown()
+        server.server_close()
+
+
+def test_tls_and_basic_auth_from_a_web_config(tmp_path: Any) -> None:
+    import ssl
+    import subprocess
+
+    import bcrypt
+
+    from streamwatch.config import load_web_config
+
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            str(tmp_path / "key.pem"),
+            "-out",
+            str(tmp_path / "cert.pem"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    hashed = bcrypt.hashpw(b"scrape-me", bcrypt.gensalt(rounds=4)).decode()
+    web = tmp_path / "web.yaml"
+    web.write_text(
+        "tls_server_config: {cert_file: cert.pem, key_file: key.pem}\n"
+        f"basic_auth_users: {{prometheus: '{hashed}'}}\n"
+    )
+    server = serve(CollectorRegistry(), "127.0.0.1", 0, web=load_web_config(web))
+    port = server.server_address[1]
+    context = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
+    context.check_hostname = False
+
+    def get(path: str, password: str | None) -> int:
+        request = urllib.request.Request(f"https://127.0.0.1:{port}{path}")
+        if password is not None:
+            token = base64.b64encode(f"prometheus:{password}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        try:
+            with urllib.request.urlopen(request, context=context, timeout=5) as r:
+                return int(r.status)
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    try:
+        assert get("/metrics", None) == 401
+        assert get("/metrics", "wrong") == 401
+        assert get("/metrics", "scrape-me") == 200
+        assert get("/healthz", None) == 200  # probes need no credentials
+        with pytest.raises(ConnectionError):  # plain HTTP is not served
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -109,3 +109,20 @@ def test_uniforms_are_uniform_and_deterministic() -> None:
     assert np.array_equal(u, uniforms(np.arange(100_000)))
     assert u.min() >= 0.0
     assert u.max() < 1.0
+
+
+def test_coding_a_long_category_costs_memory_in_the_events_not_in_the_string() -> None:
+    """A 900,000-character category once made a batch cost gigabytes (a fixed-width numpy
+    string array as wide as the longest value, times the events)."""
+    import tracemalloc
+
+    from streamwatch.reference import CategoricalReference
+
+    reference = CategoricalReference.from_sample(np.array(["DE", "FR", None], dtype=object))
+    values = np.array(["DE"] * 9_999 + ["x" * 900_000], dtype=object)
+    tracemalloc.start()
+    codes = reference.codes(values)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 1_000_000  # under 1 MB for 10,000 events; the old coding took ~36 GB
+    assert codes.tolist() == [0] * 9_999 + [len(reference.categories)]
