@@ -11,6 +11,7 @@ import socket
 import subprocess
 import time
 import urllib.request
+from pathlib import Path
 
 from tests.conftest import ROOT
 
@@ -80,13 +81,15 @@ def _wait(condition: object, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_the_kafka_walkthrough() -> None:
+def test_the_kafka_walkthrough(tmp_path: Path) -> None:
     assert not _port_open(9092), "the README's broker needs port 9092 free"
     assert not _port_open(9308), "the README's worker needs port 9308 free"
     broker = subprocess.Popen(
         "make broker",
         shell=True,
         cwd=ROOT,
+        # `make broker` keeps its data between runs; this run starts from an empty folder
+        env={**os.environ, "BROKER_DATA": str(tmp_path / "broker-data")},
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
