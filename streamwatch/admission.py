@@ -12,7 +12,10 @@ Decoding is pure; these checks remember what came before, so they live here:
   held labels.
 - **Model versions.** Per model at most ``max_versions`` versions are tracked: the most
   active ones (:class:`streamwatch.slices.HeavyHitters`, as for slices, without retirement
-  by share). A prediction of any other version counts under the version ``__other__``, and
+  by share). A version enters with ``VERSION_SHARE / max_versions`` of its model's recent
+  traffic (0.01% for 10: a canary at 0.1% is tracked, a one-off version is not) while there
+  is room, and displaces the least active tracked one only when 1.25 times as active. A
+  prediction of any other version counts under the version ``__other__``, and
   in ``overflow``. A version that loses its place is listed by :meth:`take_displaced`, for
   the engine to forget.
 """
@@ -30,6 +33,7 @@ from streamwatch.slices import OTHER, HeavyHitters
 
 #: Rejection reasons decided here (beside :data:`streamwatch.decode.REASONS`).
 ADMISSION_REASONS = ("future_timestamp", "late_timestamp")
+VERSION_SHARE = 1 / 1000  # over max_versions: the recent share a version needs to be tracked
 
 
 class EventClock:
@@ -76,7 +80,8 @@ class VersionCap:
 
     def __init__(self, settings: Settings) -> None:
         self.hitters = {
-            m.name: HeavyHitters(m.max_versions, retire_fraction=0.0) for m in settings.models
+            m.name: HeavyHitters(m.max_versions, retire_fraction=0.0, enter_share=VERSION_SHARE)
+            for m in settings.models
         }
 
     def apply(self, predictions: list[Prediction]) -> tuple[list[Prediction], Counter[str]]:

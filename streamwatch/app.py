@@ -2,14 +2,16 @@
 
 ::
 
-  Kafka: predictions ─┐                          ┌─> dead-letter topic, counter
-  Kafka: labels ──────┴─> source ─> decode ─┬──────┘ (rejected)
-                                            └─> records ─┬─> monitor: references, windows,
-                                                         │   drift detectors ───────┐
-                                                         └─> quality: join, slices, ├─> exporter
-                                                             scores, concept drift ─┘
+  Kafka: predictions ─┐                                  ┌─> dead-letter topic, counter
+  Kafka: labels ──────┴─> source ─> decode ─> admission ─┬┘ (rejected: contract, limits,
+                                              (event time,│  event time out of bounds)
+                                               versions)  └─> records ─┬─> monitor: references,
+                                                                       │   windows, drift ──┐
+                                                                       └─> quality: join,   ├─> exporter
+                                                                           slices, scores ──┘ (endpoint)
 
-  beside the loop: worker (offsets stored after a batch; checkpoint = flush, then commit)
+  beside the loop: worker (offsets stored after a batch; checkpoint = flush dead letters,
+  then commit; paused while dead letters are not acknowledged)
   at the edges: config, errors, cli
 """
 

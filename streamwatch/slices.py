@@ -82,14 +82,20 @@ class RecentCounts:
 class HeavyHitters:
     """At most ``max_values`` tracked values, the most frequent of recent traffic.
 
-    A value enters once it carries ``ENTER_SHARE / max_values`` of recent traffic and there
+    A value enters once it carries ``enter_share / max_values`` of recent traffic and there
     is room, or once it outweighs the lightest tracked value by ``MARGIN`` (which it then
     replaces); with ``retire_fraction`` > 0 a value whose share falls under that fraction of
     the entering share leaves by itself. ``retired`` lists the values that left."""
 
-    def __init__(self, max_values: int, retire_fraction: float = RETIRE_FRACTION) -> None:
+    def __init__(
+        self,
+        max_values: int,
+        retire_fraction: float = RETIRE_FRACTION,
+        enter_share: float = ENTER_SHARE,
+    ) -> None:
         self.max_values = max_values
         self.retire_fraction = retire_fraction
+        self.enter_share = enter_share
         self.tracked: dict[str, None] = {}  # an ordered set
         self.recent = RecentCounts(40 * max_values)
         self.retired: list[str] = []
@@ -102,7 +108,7 @@ class HeavyHitters:
 
     def _retrack(self) -> None:
         recent, tracked = self.recent, self.tracked
-        support = ENTER_SHARE / self.max_values
+        support = self.enter_share / self.max_values
         floor = support * self.retire_fraction
         for value in [v for v in tracked if recent.share(v) < floor]:
             self._retire(value)
