@@ -3,12 +3,11 @@
 ::
 
   Kafka: predictions ─┐                                  ┌─> dead-letter topic, counter
-  Kafka: labels ──────┴─> source ─> decode ─> admission ─┬┘ (rejected: contract, limits,
-                                              (event time,│  event time out of bounds)
-                                               versions)  └─> records ─┬─> monitor: references,
-                                                                       │   windows, drift ──┐
-                                                                       └─> quality: join,   ├─> exporter
-                                                                           slices, scores ──┘ (endpoint)
+  Kafka: labels ──────┴─> source ─> decode ─> admission ─┬┘   (contract, limits, event time)
+                                                         └─> records ─┬─> monitor ──┐
+                                                                      │   (drift)   ├─> exporter
+                                                                      └─> quality ──┘   (endpoint)
+                                                                          (join, scores)
 
   beside the loop: worker (offsets stored after a batch; checkpoint = flush dead letters,
   then commit; paused while dead letters are not acknowledged)
