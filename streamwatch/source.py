@@ -177,11 +177,18 @@ class Source:
                 offsets=[TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
             )
 
-    def commit(self) -> None:
-        """Commit the stored offsets asynchronously; the result arrives in ``on_commit``."""
+    def commit(self, wait: bool = False) -> None:
+        """Commit the stored offsets, asynchronously (the result arrives in ``on_commit``),
+        or with ``wait`` synchronously: on revoke, so that the next owner of a partition
+        starts where this worker stopped (a revoke needs a reachable coordinator anyway)."""
         try:
-            self._consumer.commit(asynchronous=True)
-            self.commits_in_flight += 1
+            if wait:
+                self._consumer.commit(asynchronous=False)
+                self.commit_error = None
+                self.last_commit = time.monotonic()
+            else:
+                self._consumer.commit(asynchronous=True)
+                self.commits_in_flight += 1
         except KafkaException as error:
             if error.args[0].code() != KafkaError._NO_OFFSET:
                 self.commit_error = str(error.args[0].str())

@@ -256,9 +256,10 @@ class Worker:
             return False
         return True
 
-    def checkpoint(self, timeout: float) -> bool:
-        """Dead letters acknowledged first, input offsets committed second. Returns False,
-        pausing consumption, while the dead letters are not acknowledged."""
+    def checkpoint(self, timeout: float, wait: bool = False) -> bool:
+        """Dead letters acknowledged first, input offsets committed second (``wait``: a
+        synchronous commit). Returns False, pausing consumption, while the dead letters are
+        not acknowledged."""
         if not self.dead_letters.flush(timeout):
             self.telemetry.checkpoint_failures.labels("dead_letters").inc()
             if not self._paused:
@@ -276,7 +277,7 @@ class Worker:
             log.info("dead letters acknowledged; resuming consumption")
             self.source.resume()
             self._paused = False
-        self.source.commit()
+        self.source.commit(wait)
         return True
 
     def _final_checkpoint(self, grace: float) -> None:
@@ -337,7 +338,8 @@ class Worker:
     def _revoked(self, partitions: list[TopicPartition]) -> None:
         log.info("revoked %s", [(tp.topic, tp.partition) for tp in partitions])
         if not self._stopping:  # at shutdown the final checkpoint already ran
-            self.checkpoint(5.0)  # the batch before this callback is applied and stored
+            # the batch before this callback is applied and stored
+            self.checkpoint(5.0, wait=True)
         self._drop(partitions)
 
     def _lost(self, partitions: list[TopicPartition]) -> None:

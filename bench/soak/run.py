@@ -247,7 +247,6 @@ def main() -> int:
                     "slices": [{"name": "country", "keys": ["country"]}],
                 }
             ],
-            "labels": {"early_hold_idle_seconds": 30},
             "exporter": {"address": "127.0.0.1", "port": port},
         }
         path = Path(folder) / "soak.yaml"
@@ -339,6 +338,12 @@ def main() -> int:
         counted_l = value("streamwatch_events_total", topic="labels", model="")
         overflow = value("streamwatch_model_versions_overflow_total", model="fraud")
         unmatched = value("streamwatch_labels_unmatched_total")
+        joined = sum(
+            v for (name, _), v in final.items() if name == "streamwatch_labels_joined_total"
+        )
+        evicted = value("streamwatch_labels_early_evicted_total")
+        held = value("streamwatch_labels_early_held")
+        pending = value("streamwatch_predictions_pending", model="fraud")
 
     rss = [s[1] for s in samples]
     quarter = [min(samples, key=lambda s: abs(s[4] - q))[1] for q in (0.25, 0.5, 0.75, 1.0)]
@@ -352,7 +357,13 @@ def main() -> int:
             expected["version_flood"] - 10,
             overflow,
         ),
-        ("labels without a prediction, unmatched", expected["unmatched"], unmatched),
+        # every label and every prediction accounted for exactly once
+        (
+            "labels: joined + unmatched + still held",
+            n + expected["unmatched"],
+            joined + unmatched + held,
+        ),
+        ("predictions: joined + still waiting for a label", valid_predictions, joined + pending),
     ]
     ok = all((g >= e) if "at least" in what else (g == e) for what, e, g in checks)
     lines = [
@@ -373,6 +384,9 @@ def main() -> int:
         + " / ".join(f"{x:.0f}" for x in quarter)
         + " |",
         f"| peak RSS (MiB) | {max(rss):.0f} |",
+        f"| labels joined; unmatched (of which released over the hold budget) | {joined:,.0f}; "
+        f"{unmatched:,.0f} ({evicted:,.0f}) |",
+        f"| at the end: predictions waiting for labels, labels held | {pending:,.0f}, {held:,.0f} |",  # noqa: E501
         f"| slowest `/metrics` scrape (ms) | {max(s[2] for s in samples) * 1000:.0f} |",
         f"| largest `/metrics` scrape (KiB) | {max(s[3] for s in samples) / 1024:.0f} |",
         f"| worker exits | 0 (SIGTERM at the end){'' if ok else '; COUNTS OFF'} |",

@@ -29,6 +29,7 @@ BACKTEST = [
 ]
 BENCH = ".venv/bin/python bench/detection/run.py"
 LABELS_BENCH = ".venv/bin/python bench/labels/run.py"
+SOAK = ".venv/bin/python bench/soak/run.py"
 
 
 def test_the_readme_shows_the_commands_this_file_runs() -> None:
@@ -43,6 +44,7 @@ def test_the_readme_shows_the_commands_this_file_runs() -> None:
         *BACKTEST,
         BENCH,
         LABELS_BENCH,
+        SOAK,
     ] == COMMANDS
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert [line for line in ci if line and not line.startswith(("#", "set ", "cd "))] == [
@@ -195,3 +197,22 @@ def test_the_labels_benchmark_keeps_its_promises() -> None:
     estimate_rows = [line for line in made.splitlines() if re.match(r"\| \d \| 3,600 \|", line)]
     assert len(estimate_rows) == 8
     assert all(row in README for row in estimate_rows)
+
+
+def test_the_soak_counts_every_message_exactly() -> None:
+    """1% adversarial traffic and two broker kills: the benchmark exits 0 only when every
+    count is exact; its count rows (the same in every run) are the README's."""
+    result = _run(SOAK, timeout=1800)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    made = (ROOT / "bench" / "soak" / "results.md").read_text()
+    exact = [
+        line
+        for line in made.splitlines()
+        if line.startswith(
+            ("| valid", "| labels counted", "| labels:", "| rejected", "| dead", "| predictions:")
+        )
+        and "(at least)" not in line
+    ]
+    assert len(exact) == 22
+    missing = [line for line in exact if line not in README]
+    assert not missing, missing
