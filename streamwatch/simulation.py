@@ -25,6 +25,9 @@ START_SECONDS = 1_790_000_000.0  # event time of the first prediction
 
 #: The embedded default configuration of the demo (see docs/configuration.md).
 DEMO_CONFIG: dict[str, object] = {
+    # The simulated stream starts at a fixed moment (START_SECONDS), so that its output is
+    # the same on every run; a long demo may run past the wall clock, which it may.
+    "event_time": {"max_future_seconds": 10 * 365 * 86400},
     "topics": {
         "predictions": "demo-predictions",
         "labels": "demo-labels",
