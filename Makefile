@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 
 .DEFAULT_GOAL := help
-.PHONY: help setup kafka demo test lint unit integration broker clean
+.PHONY: help setup kafka alerting demo test lint unit integration broker clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -20,6 +20,15 @@ $(VENV)/.installed: pyproject.toml
 kafka: ## fetch the Kafka jars for the local broker with mvn (cached outside the repo)
 	$(PYTHON) scripts/kafka_local.py fetch
 
+alerting: ## install Prometheus and Alertmanager (Debian packages) for the alerting tests
+	@if command -v promtool >/dev/null && command -v amtool >/dev/null \
+	    && command -v prometheus-alertmanager >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+	  echo "install the Debian packages prometheus and prometheus-alertmanager (or run make alerting as root)"; \
+	  exit 1; fi; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	  --no-install-recommends prometheus prometheus-alertmanager >/dev/null
+
 demo: setup ## set everything up and run the demo (no broker needed)
 	$(VENV)/bin/streamwatch demo
 
@@ -31,7 +40,7 @@ lint: setup ## ruff (lint + format check) and mypy strict
 unit: setup ## the fast tests (no broker)
 	$(PY) -m pytest -m "not integration"
 
-test: setup kafka lint ## set everything up and run the whole test suite
+test: setup kafka alerting lint ## set everything up and run the whole test suite
 	$(PY) -m pytest
 
 BROKER_DATA ?= $(HOME)/.cache/streamwatch/broker-data

@@ -22,7 +22,13 @@ from prometheus_client import CollectorRegistry
 
 from streamwatch.baseline import load_profiles
 from streamwatch.config import Settings
-from streamwatch.exporter import Health, MonitorCollector, QualityCollector, Telemetry
+from streamwatch.exporter import (
+    Health,
+    HealthCollector,
+    MonitorCollector,
+    QualityCollector,
+    Telemetry,
+)
 from streamwatch.monitor import Monitor
 from streamwatch.quality import Quality
 from streamwatch.worker import Pipeline, Worker
@@ -48,9 +54,6 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> App:
     telemetry = Telemetry(registry, (settings.topics.predictions, settings.topics.labels))
     registry.register(MonitorCollector(monitor))
     registry.register(QualityCollector(quality))
-    return App(
-        settings,
-        registry,
-        Pipeline(settings, monitor, quality, telemetry),
-        Health(settings.worker.stall_seconds),
-    )
+    health = Health(settings.worker.stall_seconds)
+    registry.register(HealthCollector(health))
+    return App(settings, registry, Pipeline(settings, monitor, quality, telemetry), health)

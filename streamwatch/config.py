@@ -250,6 +250,20 @@ class ModelSpec(_Section):
     classes: list[str] = Field(default=[], max_length=100)
     # Model versions tracked at once (the most active); the rest count under __other__.
     max_versions: int = Field(default=10, ge=1, le=1000)
+    # Quality objectives, e.g. {accuracy: 0.95}: exported as streamwatch_quality_objective,
+    # which the shipped alert rules compare scores and error budgets with.
+    objectives: dict[Literal["accuracy", "precision", "recall", "f1", "roc_auc"], float] = {}
+
+    @field_validator("objectives")
+    @classmethod
+    def _targets_are_ratios(cls, objectives: dict[str, float]) -> dict[str, float]:
+        bad = sorted(k for k, v in objectives.items() if not 0 < v < 1)
+        if bad:
+            raise _problem(
+                f"objectives {bad} must lie strictly between 0 and 1",
+                "give the target score, e.g. {accuracy: 0.95}",
+            )
+        return objectives
 
     @model_validator(mode="after")
     def _classes_for_multiclass(self) -> ModelSpec:

@@ -271,6 +271,18 @@ class QualityCollector(Collector):
         g, c = GaugeMetricFamily, CounterMetricFamily
         yield _family(
             g,
+            "streamwatch_quality_objective",
+            "A model's quality objective from the config (models[].objectives): the score "
+            "its versions and slices should reach.",
+            ["model", "score"],
+            (
+                (model, score, target)
+                for model, spec in self.quality.specs.items()
+                for score, target in spec.objectives.items()
+            ),
+        )
+        yield _family(
+            g,
             "streamwatch_window_score",
             "A quality score of labelled predictions in a window (by prediction "
             "event time; events_N: the last N labelled).",
@@ -479,6 +491,23 @@ def _correct(task: str, totals: Counts) -> float:
         cells = totals.get("cells")
         return float(cells[0] + cells[3])
     return float(totals.get("correct")[0])
+
+
+class HealthCollector(Collector):
+    """``streamwatch_ready``: what ``/readyz`` answers, as a series alerts can use."""
+
+    def __init__(self, health: Health) -> None:
+        self.health = health
+
+    def collect(self) -> Iterator[Metric]:
+        ok, _ = self.health.ready()
+        yield _family(
+            GaugeMetricFamily,
+            "streamwatch_ready",
+            "1 when the worker is ready (consuming, committing), 0 otherwise; /readyz says why.",
+            [],
+            [(1.0 if ok else 0.0,)],
+        )
 
 
 class Health:
