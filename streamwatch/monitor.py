@@ -460,6 +460,17 @@ class Monitor:
                 n,
                 budget.chi2_alpha(n),
             )
+        # Every alarm counter exists from the moment its detector does, at 0: Prometheus's
+        # increase() sees no increase in a series whose first sample is already 1.
+        model, model_version, slice_name = version.key
+        for j, signal in enumerate(layout.numeric):
+            names = ("cusum_mean", "cusum_scale") if choice[j] == "cusum" else (choice[j],)
+            for name in names:
+                key = (model, model_version, slice_name, signal.signal, signal.name, name)
+                self.alarms.setdefault(key, 0)
+        for signal in layout.categorical:
+            key = (model, model_version, slice_name, signal.signal, signal.name, "chi2")
+            self.alarms.setdefault(key, 0)
         return Detectors(budget.cusum_bank() if cusum_columns else None, cusum_columns, river, chi2)
 
     def _detect(

@@ -499,6 +499,8 @@ class Quality:
         detector = state.detectors.get(key)
         if detector is None:
             detector = state.detectors[key] = _river(name)
+            # the counter exists at 0 from the start, so that increase() sees the first alarm
+            self.concept_alarms.setdefault((model, version, slice_name, name), 0)
         alarms = []
         for error, t in zip(errors.tolist(), times.tolist(), strict=True):
             if np.isnan(error):
