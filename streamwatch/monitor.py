@@ -400,7 +400,23 @@ class Monitor:
                 self.profiles.get(key[:2]) if key[2] == ALL else None,
             )
             self.versions[key] = state
+            self._zero_alarms(state)
         return state
+
+    def _zero_alarms(self, version: VersionState) -> None:
+        """Every alarm counter of a segment exists at 0 from the segment's first event, so
+        Prometheus scrapes the 0 during the warm-up: increase() sees no increase in a series
+        whose first sample is already 1."""
+        layout, (model, model_version, slice_name) = version.layout, version.key
+        for signal in layout.numeric:
+            choice = self.drift.detectors.get(signal.name, self.drift.detector)
+            names = ("cusum_mean", "cusum_scale") if choice == "cusum" else (choice,)
+            for name in names:
+                key = (model, model_version, slice_name, signal.signal, signal.name, name)
+                self.alarms.setdefault(key, 0)
+        for signal in layout.categorical:
+            key = (model, model_version, slice_name, signal.signal, signal.name, "chi2")
+            self.alarms.setdefault(key, 0)
 
     def _apply_group(self, key: SegmentKey, partition: int, group: list[Prediction]) -> list[Alarm]:
         version = self._version(key)
@@ -460,17 +476,6 @@ class Monitor:
                 n,
                 budget.chi2_alpha(n),
             )
-        # Every alarm counter exists from the moment its detector does, at 0: Prometheus's
-        # increase() sees no increase in a series whose first sample is already 1.
-        model, model_version, slice_name = version.key
-        for j, signal in enumerate(layout.numeric):
-            names = ("cusum_mean", "cusum_scale") if choice[j] == "cusum" else (choice[j],)
-            for name in names:
-                key = (model, model_version, slice_name, signal.signal, signal.name, name)
-                self.alarms.setdefault(key, 0)
-        for signal in layout.categorical:
-            key = (model, model_version, slice_name, signal.signal, signal.name, "chi2")
-            self.alarms.setdefault(key, 0)
         return Detectors(budget.cusum_bank() if cusum_columns else None, cusum_columns, river, chi2)
 
     def _detect(

@@ -1,0 +1,349 @@
+"""A real page, end to end: broker → worker → Prometheus (shipped rules) → Alertmanager
+(shipped routing) → a webhook served here.
+
+Prometheus scrapes every second and evaluates every second. The shipped rules are loaded
+with each ``for:`` hold scaled down 60 times (5m → 5s), so that a test does not wait five
+minutes; their expressions are unchanged. Alertmanager runs the shipped routing with both
+receivers pointed at this test's webhook.
+
+Four models share one worker, one per scenario, so that their alerts do not mix:
+``drift`` (a feature drifts: it pages), ``slice`` (quality falls in a 5% slice only: that
+slice pages, the whole version does not), ``stale`` (predictions stop: the staleness page
+comes and the drift alert of that model is inhibited) and ``calm`` (stationary: no page).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+import yaml
+
+from tests.conftest import ROOT, free_port
+from tests.integration.conftest import Topics, WorkerProcess, produce, worker_config
+
+DEPLOY = ROOT / "deploy"
+FEATURES = [
+    {"name": "amount", "type": "numeric"},
+    {"name": "age", "type": "numeric"},
+    {"name": "country", "type": "categorical"},
+]
+ZERO_ALARMS = 'streamwatch_drift_alarms_total{model="%s", feature="amount"} == 0'
+COUNTRIES = ["DE", "FR", "US", "ES", "IT", "NL", "PL", "SE", "BE", "AT"]  # IS: 5% of traffic
+
+
+class Webhook:
+    """Alertmanager's receivers, both pointed here: every alert notified, with its arrival."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[float, str, dict[str, Any]]] = []  # (time, path, alert)
+        webhook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                for alert in json.loads(body)["alerts"]:
+                    webhook.received.append((time.monotonic(), self.path, alert))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def pages(self, **labels: str) -> list[tuple[float, str, dict[str, Any]]]:
+        return [
+            r
+            for r in self.received
+            if r[2]["status"] == "firing"
+            and all(r[2]["labels"].get(k) == v for k, v in labels.items())
+        ]
+
+
+def _scaled_rules(target: Path) -> None:
+    """The shipped rules, each ``for:`` hold 60 times shorter (minutes become seconds)."""
+    rules = yaml.safe_load((DEPLOY / "prometheus/rules/streamwatch.rules.yml").read_text())
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            if "for" in rule:
+                number, unit = re.fullmatch(r"(\d+)([smh])", rule["for"]).groups()  # type: ignore[union-attr]
+                seconds = int(number) * {"s": 1, "m": 60, "h": 3600}[unit]
+                rule["for"] = f"{seconds // 60}s"
+    target.write_text(yaml.safe_dump(rules, sort_keys=False))
+
+
+class Servers:
+    def __init__(self, folder: Path, worker_port: int, webhook: Webhook) -> None:
+        self.folder = folder
+        self.am_port, self.prom_port = free_port(), free_port()
+        am = yaml.safe_load((DEPLOY / "alertmanager/alertmanager.yml").read_text())
+        for receiver in am["receivers"]:
+            for hook in receiver["webhook_configs"]:
+                hook["url"] = f"http://127.0.0.1:{webhook.port}/{receiver['name']}"
+        (folder / "alertmanager.yml").write_text(yaml.safe_dump(am))
+        _scaled_rules(folder / "streamwatch.rules.yml")
+        prom = yaml.safe_load((DEPLOY / "prometheus/prometheus.yml").read_text())
+        prom["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+        prom["rule_files"] = [str(folder / "streamwatch.rules.yml")]
+        prom["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] = [
+            f"127.0.0.1:{self.am_port}"
+        ]
+        job = prom["scrape_configs"][0]
+        job.update(scrape_interval="1s", scrape_timeout="1s")
+        job["static_configs"][0]["targets"] = [f"127.0.0.1:{worker_port}"]
+        (folder / "prometheus.yml").write_text(yaml.safe_dump(prom))
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> Servers:
+        f = self.folder
+        commands = [
+            [
+                "prometheus-alertmanager",
+                f"--config.file={f / 'alertmanager.yml'}",
+                f"--storage.path={f / 'am-data'}",
+                f"--web.listen-address=127.0.0.1:{self.am_port}",
+                "--cluster.listen-address=",
+            ],
+            [
+                "prometheus",
+                f"--config.file={f / 'prometheus.yml'}",
+                f"--storage.tsdb.path={f / 'prom-data'}",
+                f"--web.listen-address=127.0.0.1:{self.prom_port}",
+            ],
+        ]
+        for command, log in zip(commands, ("alertmanager.log", "prometheus.log"), strict=True):
+            with (f / log).open("wb") as out:
+                self.processes.append(
+                    subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+                )
+        _wait(lambda: _get(self.prom_port, "/-/ready") is not None, 60, "Prometheus")
+        _wait(lambda: _get(self.am_port, "/-/ready") is not None, 60, "Alertmanager")
+        return self
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        body = _get(self.prom_port, "/api/v1/query?" + urllib.parse.urlencode({"query": promql}))
+        assert body is not None
+        result: list[dict[str, Any]] = json.loads(body)["data"]["result"]
+        return result
+
+    def prometheus_alerts(self) -> list[dict[str, Any]]:
+        body = _get(self.prom_port, "/api/v1/alerts")
+        assert body is not None
+        alerts: list[dict[str, Any]] = json.loads(body)["data"]["alerts"]
+        return alerts
+
+    def alertmanager_alerts(self) -> list[dict[str, Any]]:
+        body = _get(self.am_port, "/api/v2/alerts")
+        assert body is not None
+        alerts: list[dict[str, Any]] = json.loads(body)
+        return alerts
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+def _get(port: int, path: str) -> bytes | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            body: bytes = r.read()
+            return body
+    except OSError:
+        return None
+
+
+def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _events(
+    model: str, start: int, n: int, seed: int, shift: float = 0.0, age_s: float = 0.0
+) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]:
+    """Predictions (event time: now - age_s) and their labels; country IS (5%) is always
+    wrong, the rest right 97% of the time."""
+    rng = np.random.default_rng(seed)
+    now_ms = int((time.time() - age_s) * 1000)
+    predictions, labels = [], []
+    for k in range(n):
+        i = start + k
+        country = "IS" if i % 20 == 0 else COUNTRIES[i % len(COUNTRIES)]
+        positive = bool(rng.random() < 0.3)
+        right = country != "IS" and rng.random() < 0.97
+        score = (0.95 if positive else 0.05) if right else (0.05 if positive else 0.95)
+        pid = f"{model}-{i}"
+        predictions.append(
+            (
+                pid.encode(),
+                orjson.dumps(
+                    {
+                        "prediction_id": pid,
+                        "model": model,
+                        "model_version": "v1",
+                        "timestamp": now_ms - (n - k) * 10,
+                        "features": {
+                            "amount": float(rng.normal(100 + 15 * shift, 15)),
+                            "age": float(rng.normal(40, 10)),
+                            "country": country,
+                        },
+                        "prediction": score,
+                        "attributes": {"country": country},
+                    }
+                ),
+            )
+        )
+        labels.append(
+            (
+                pid.encode(),
+                orjson.dumps({"prediction_id": pid, "label": positive, "timestamp": now_ms}),
+            )
+        )
+    return predictions, labels
+
+
+@pytest.fixture(scope="module")
+def stack(
+    kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Topics, WorkerProcess, Servers, Webhook]]:
+    for tool in ("prometheus", "prometheus-alertmanager"):  # make test installs them
+        assert shutil.which(tool), f"{tool}: install the Debian package (make alerting)"
+    folder = tmp_path_factory.mktemp("paging")
+    topics = Topics(kafka_bootstrap).create(partitions=2)
+    port = free_port()
+    config = worker_config(
+        topics,
+        port,
+        drift={"windows": [{"events": 500}], "min_window_events": 100},
+        quality={"windows": [{"events": 200}], "min_window_events": 50},
+    )
+    slices = [{"name": "country", "keys": ["country"], "max_values": 20}]
+    config["models"] = [
+        {
+            "name": name,
+            "task": "binary",
+            "features": FEATURES,
+            "reference": {"warmup_events": 500},
+            "objectives": {"accuracy": 0.9},
+            "slices": slices if name == "slice" else [],
+        }
+        for name in ("drift", "slice", "stale", "calm")
+    ]
+    worker = WorkerProcess(config, folder).start()
+    webhook = Webhook()
+    servers = Servers(folder, port, webhook).start()
+    try:
+        worker.wait_for(lambda: worker.get("/readyz")[0] == 200)
+        yield topics, worker, servers, webhook
+    finally:
+        servers.stop()
+        worker.kill()
+        webhook.server.shutdown()
+        webhook.server.server_close()
+
+
+def _first_page(webhook: Webhook, timeout: float, **labels: str) -> float:
+    _wait(lambda: bool(webhook.pages(**labels)), timeout, f"a page for {labels}")
+    return webhook.pages(**labels)[0][0]
+
+
+def test_a_feature_drift_pages_with_what_drifted(stack: Any) -> None:
+    topics, worker, servers, webhook = stack
+    calm, _ = _events("calm", 0, 3000, seed=9)
+    produce(topics.bootstrap, topics.predictions, calm)  # scenario 4 runs beside the others
+    before, _ = _events("drift", 0, 2000, seed=1)
+    produce(topics.bootstrap, topics.predictions, before)
+    worker.wait_for(
+        lambda: (
+            worker.sample("streamwatch_events_total", topic=topics.predictions, model="drift")
+            == 2000
+        )
+    )
+    # Prometheus has seen the alarm counters at 0 (as it does during any real warm-up)
+    _wait(lambda: bool(servers.query(ZERO_ALARMS % "drift")), 60, "a scrape of the counters")
+    drifted, _ = _events("drift", 2000, 1500, seed=2, shift=1.0)
+    changed = time.monotonic()
+    produce(topics.bootstrap, topics.predictions, drifted)
+    paged = _first_page(webhook, 120, alertname="StreamwatchFeatureDrift", model="drift")
+    _, path, alert = webhook.pages(alertname="StreamwatchFeatureDrift", model="drift")[0]
+    assert path == "/pager"
+    assert alert["labels"]["model_version"] == "v1"
+    assert alert["labels"]["feature"] == "amount"
+    assert alert["annotations"]["runbook_url"] == "docs/runbooks.md#streamwatchfeaturedrift"
+    assert "amount (cusum" in alert["annotations"]["description"]  # the top drifting signal
+    print(f"\nfeature drift: first changed event to page in {paged - changed:.1f} s")
+
+
+def test_quality_falling_in_a_slice_pages_that_slice_only(stack: Any) -> None:
+    topics, _, servers, webhook = stack
+    predictions, labels = _events("slice", 0, 4000, seed=3)
+    changed = time.monotonic()
+    produce(topics.bootstrap, topics.predictions, predictions)
+    produce(topics.bootstrap, topics.labels, labels)
+    paged = _first_page(
+        webhook, 120, alertname="StreamwatchSliceBelowObjective", model="slice", slice="country=IS"
+    )
+    pages = webhook.pages(model="slice")
+    assert {p[2]["labels"].get("slice") for p in pages} == {"country=IS"}
+    assert not [p for p in pages if "ErrorBudget" in p[2]["labels"]["alertname"]]
+    whole = servers.query(
+        'streamwatch_window_score{model="slice", slice="__all__", score="accuracy"}'
+    )
+    assert whole
+    assert float(whole[0]["value"][1]) > 0.9  # the version as a whole meets its objective
+    print(f"\nslice quality: first labelled event to page in {paged - changed:.1f} s")
+
+
+def test_stopped_predictions_page_and_mute_the_drift_alert(stack: Any) -> None:
+    topics, _, servers, webhook = stack
+    # the model's events are 30 minutes old and nothing newer comes: its predictions stopped
+    old, _ = _events("stale", 0, 2000, seed=4, age_s=1800)
+    changed = time.monotonic()
+    produce(topics.bootstrap, topics.predictions, old)
+    paged = _first_page(webhook, 120, alertname="StreamwatchPredictionsStale", model="stale")
+    _wait(lambda: bool(servers.query(ZERO_ALARMS % "stale")), 60, "a scrape of the counters")
+    drifted, _ = _events("stale", 2000, 1500, seed=5, shift=1.0, age_s=1700)
+    produce(topics.bootstrap, topics.predictions, drifted)
+    # Prometheus fires the drift alert; Alertmanager holds it back
+    _wait(
+        lambda: any(
+            a["labels"]["alertname"] == "StreamwatchFeatureDrift"
+            and a["labels"].get("model") == "stale"
+            and a["status"]["inhibitedBy"]
+            for a in servers.alertmanager_alerts()
+        ),
+        120,
+        "the stale model's drift alert, inhibited",
+    )
+    time.sleep(15)  # past the critical route's group_wait: a page would have come by now
+    assert not webhook.pages(alertname="StreamwatchFeatureDrift", model="stale")
+    print(f"\npredictions stopped: first stale event to page in {paged - changed:.1f} s")
+
+
+def test_a_stationary_stream_pages_no_one(stack: Any) -> None:
+    _, _, _, webhook = stack
+    # the calm model's stream ran beside every scenario above
+    assert [p for p in webhook.received if p[2]["labels"].get("model") == "calm"] == []
+    assert [
+        p for p in webhook.received if p[2]["labels"]["alertname"].startswith("StreamwatchWorker")
+    ] == []
