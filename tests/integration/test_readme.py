@@ -30,6 +30,7 @@ BACKTEST = [
 BENCH = ".venv/bin/python bench/detection/run.py"
 LABELS_BENCH = ".venv/bin/python bench/labels/run.py"
 SOAK = ".venv/bin/python bench/soak/run.py"
+PROMTOOL = "promtool test rules deploy/prometheus/tests/streamwatch.test.yml"
 
 
 def test_the_readme_shows_the_commands_this_file_runs() -> None:
@@ -45,6 +46,7 @@ def test_the_readme_shows_the_commands_this_file_runs() -> None:
         BENCH,
         LABELS_BENCH,
         SOAK,
+        PROMTOOL,
     ] == COMMANDS
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert [line for line in ci if line and not line.startswith(("#", "set ", "cd "))] == [
@@ -216,3 +218,9 @@ def test_the_soak_counts_every_message_exactly() -> None:
     assert len(exact) == 22
     missing = [line for line in exact if line not in README]
     assert not missing, missing
+
+
+def test_the_rules_test_as_the_readme_shows_it() -> None:
+    result = _run(PROMTOOL)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
