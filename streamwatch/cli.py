@@ -51,16 +51,19 @@ def _parser() -> argparse.ArgumentParser:
         "run",
         help="run a consumer-group worker on Kafka",
         description="Consume the predictions and labels topics, dead-letter "
-        "bad messages, and serve /metrics, /healthz and /readyz. SIGTERM or "
-        "Ctrl+C finishes the batch, commits and exits 0.",
+        "bad messages, and serve /metrics, /healthz and /readyz. A broker outage never "
+        "ends it: /readyz says what is wrong and it resumes by itself. SIGTERM or Ctrl+C "
+        "finishes the batch, commits within worker.shutdown_grace_seconds (or logs what a "
+        "restart will read again) and exits 0; a start-up failure is one message and exit 2.",
     )
     run.add_argument("--config", required=True, type=Path, help="YAML config file")
 
     check = sub.add_parser(
         "check-config",
         help="validate a config file and list every problem",
-        description="Exit 0 if the config is valid; otherwise print every "
-        "problem with its field path and a fix, and exit 2.",
+        description="Exit 0 if the config is valid (librdkafka checks kafka.properties "
+        "too, without contacting a broker); otherwise print every problem with its field "
+        "path and a fix, and exit 2.",
     )
     check.add_argument("config", type=Path, help="YAML config file")
 
