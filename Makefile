@@ -37,7 +37,7 @@ lint: setup ## ruff (lint + format check) and mypy strict
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
-unit: setup ## the fast tests (no broker)
+unit: setup alerting ## the fast tests (no broker; promtool and amtool for the rule tests)
 	$(PY) -m pytest -m "not integration"
 
 test: setup kafka alerting lint ## set everything up and run the whole test suite

@@ -89,7 +89,7 @@ class DeadLetters:
         self.max_payload = limit - OVERHEAD_BYTES
         self._unacked = 0
         self._retry: list[tuple[Rejection, bool]] = []  # (letter, without its payload)
-        self.omitted = 0  # sent without their payload
+        self._omitted = 0  # acknowledged without their payload, since the last take
         self.last_error: str | None = None
 
     def check(self, timeout: float) -> None:
@@ -142,12 +142,17 @@ class DeadLetters:
     ) -> None:
         self._unacked -= 1
         if error is None:
-            self.omitted += omitted
+            self._omitted += omitted
             return
         self.last_error = str(error)
         # Not lost: produced again at the next flush (without its payload if it was too big).
         too_large = error.code() == KafkaError.MSG_SIZE_TOO_LARGE
         self._retry.append((rejection, omitted or too_large))
+
+    def take_omitted(self) -> int:
+        """How many letters went out without their payload since the last call."""
+        omitted, self._omitted = self._omitted, 0
+        return omitted
 
     def flush(self, timeout: float) -> bool:
         """Produce the letters that failed again, and wait up to ``timeout`` seconds for

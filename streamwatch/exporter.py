@@ -122,10 +122,9 @@ class Telemetry:
             "Dead letters not yet acknowledged by the dead-letter topic.",
             registry=registry,
         )
-        self.dead_letters_omitted = Gauge(
+        self.dead_letters_omitted = Counter(
             "streamwatch_dead_letters_payload_omitted",
-            "Dead letters sent without their payload because it would not fit the topic "
-            "(a count since start).",
+            "Dead letters sent without their payload because it would not fit the topic.",
             registry=registry,
         )
         self.checkpoint_failures = Counter(

@@ -163,22 +163,20 @@ class EarlyLabels:
 
     def release_before(self, limit: float) -> int:
         """Release the labels with event time before ``limit``; return how many."""
-        released = 0
-        heap, labels = self._heap, self.labels
-        while heap and heap[0][0] < limit:
-            t, key = heapq.heappop(heap)
-            held = labels.get(key)
-            if held is not None and held[1] == t:
-                del labels[key]
-                released += 1
+        released = self._release(limit, len(self.labels))
         self._compact()
         return released
 
     def release_oldest(self, n: int) -> int:
         """Release up to ``n`` labels, the oldest by event time first (over budget)."""
+        return self._release(float("inf"), n)
+
+    def _release(self, limit: float, n: int) -> int:
+        """Pop the heap while its oldest entry is before ``limit`` and fewer than ``n`` live
+        labels were released; stale entries (labels already matched) are skipped."""
         released = 0
         heap, labels = self._heap, self.labels
-        while heap and released < n:
+        while heap and heap[0][0] < limit and released < n:
             t, key = heapq.heappop(heap)
             held = labels.get(key)
             if held is not None and held[1] == t:

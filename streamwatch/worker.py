@@ -300,7 +300,7 @@ class Worker:
     def _report_health(self) -> None:
         t = self.telemetry
         t.dead_letters_pending.set(self.dead_letters.pending)
-        t.dead_letters_omitted.set(self.dead_letters.omitted)
+        t.dead_letters_omitted.inc(self.dead_letters.take_omitted())
         if self._paused:
             self.health.problem = (
                 f"dead-letter topic unavailable ({self.dead_letters.pending} letters "

@@ -58,7 +58,7 @@ def test_oversized_dead_letters_go_out_without_payload_and_never_crash_loop(
             and worker.sample("streamwatch_dead_letters_pending") == 0
         )
     )
-    assert worker.sample("streamwatch_dead_letters_payload_omitted") == 2
+    assert worker.sample("streamwatch_dead_letters_payload_omitted_total") == 2
     assert worker.stop() == 0
 
     letters = consume_all(topics.bootstrap, topics.dead_letters, expected=2)
