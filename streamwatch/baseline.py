@@ -10,7 +10,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import platform
 from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,23 @@ def read_rows(path: Path) -> Iterator[dict[str, Any]]:
         raise DataError(f"{path}: unknown format {suffix!r}; use .jsonl, .csv or .parquet")
 
 
+# Packages whose versions describe a training environment, recorded when installed.
+ML_PACKAGES = ("numpy", "pandas", "scikit-learn", "xgboost", "lightgbm", "torch", "tensorflow")
+
+
+def environment(image: str = "") -> dict[str, str]:
+    """What built the model: the image digest given, and this Python and its ML packages."""
+    found = {"python": platform.python_version()}
+    if image:
+        found["image"] = image
+    for name in ML_PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
 def _number(value: Any) -> float:
     if value is None or isinstance(value, bool):
         return float("nan")
@@ -85,6 +104,8 @@ def build(
     run_id: str = "",
     data_snapshot: str = "",
     code_revision: str = "",
+    image: str = "",
+    metrics: dict[str, float] | None = None,
 ) -> Profile:
     spec: ModelSpec | None = settings.model(model)
     if spec is None:
@@ -112,6 +133,9 @@ def build(
         code_revision,
         rows=len(rows),
         source=data.name,
+        features=[f.name for f in spec.features],
+        environment=environment(image),
+        metrics=dict(metrics or {}),
     )
     profile = build_profile(lineage, signals, columns, settings.drift.bins)
     labelled = [

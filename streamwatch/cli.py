@@ -1,8 +1,9 @@
-"""The ``streamwatch`` command: run, check-config, demo."""
+"""The ``streamwatch`` command: run, check-config, baseline, replay, gate, demo."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -24,6 +25,8 @@ examples:
   streamwatch demo --metrics-port 9308      ... and serve /metrics while it runs
   streamwatch check-config streamwatch.yaml report every problem in a config
   streamwatch run --config streamwatch.yaml consume from Kafka and serve /metrics
+  streamwatch gate --config c.yaml --prometheus http://prometheus:9090 --model fraud \
+      --candidate 8 --baseline 7           may CD promote version 8? exit 0/1/2/3
 
 Environment variables override the file: STREAMWATCH_KAFKA__BOOTSTRAP_SERVERS=host:9092.
 Docs: docs/configuration.md, docs/metrics.md.
@@ -83,6 +86,21 @@ def _parser() -> argparse.ArgumentParser:
         "--data-snapshot", default="", help="data snapshot id (default: the file's SHA-256)"
     )
     base.add_argument("--code-revision", default="", help="code revision of the training")
+    base.add_argument(
+        "--image",
+        default="",
+        help="digest of the training image (default: record this Python and its ML packages)",
+    )
+    base.add_argument(
+        "--metric",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        type=_metric,
+        help="a training/validation score that justified the model, e.g. accuracy=0.95 "
+        "(repeatable; exported as streamwatch_reference_score, the gate's comparison "
+        "without --baseline)",
+    )
     base.add_argument("--out", required=True, type=Path, help="profile file to write")
 
     replay = sub.add_parser(
@@ -104,6 +122,48 @@ def _parser() -> argparse.ArgumentParser:
     )
     replay.add_argument(
         "--every", type=int, default=1000, help="timeline row interval in events (default 1000)"
+    )
+
+    gate = sub.add_parser(
+        "gate",
+        help="may a deployment promote a candidate model version? (asks Prometheus)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Ask Prometheus how a candidate model version does on live traffic: its "
+        "traffic, drift alarms, the topic's invalid ratio, its label coverage and its quality "
+        "score (on labels once there are gate.min_labels, estimated before), against the "
+        "baseline version on the same traffic, else its reference profile's score, else the "
+        "model's objective. Thresholds: the config's gate: section (docs/deploy.md).",
+        epilog="exit codes: 0 pass (promote), 1 fail (hold or roll back), 2 wait (not enough "
+        "evidence yet), 3 cannot ask (Prometheus unreachable, unknown model, bad config)",
+    )
+    gate.add_argument("--config", required=True, type=Path, help="YAML config file")
+    gate.add_argument(
+        "--prometheus", required=True, help="Prometheus URL, e.g. http://prometheus:9090"
+    )
+    gate.add_argument("--model", required=True, help="model name, as in the config")
+    gate.add_argument("--candidate", required=True, help="the model version to promote")
+    gate.add_argument("--baseline", default="", help="the version it replaces, on the same traffic")
+    gate.add_argument("--window", default="", help="Prometheus range (default: gate.window)")
+    gate.add_argument("--output", choices=["table", "json"], default="table")
+    gate.add_argument(
+        "--record",
+        type=Path,
+        metavar="FILE",
+        help="write the verdict, the values it decided on and the versions' lineage as a "
+        "JSON promotion record (store it next to the model)",
+    )
+
+    template = sub.add_parser(
+        "analysis-template",
+        help="print the gate's checks as an Argo Rollouts AnalysisTemplate",
+        description="The same PromQL and thresholds as `streamwatch gate`, as an Argo "
+        "Rollouts AnalysisTemplate (deploy/argo/ holds the one for examples/streamwatch.yaml).",
+    )
+    template.add_argument("--config", required=True, type=Path, help="YAML config file")
+    template.add_argument(
+        "--prometheus",
+        default="http://prometheus.monitoring.svc:9090",
+        help="Prometheus URL the analysis asks (default http://prometheus.monitoring.svc:9090)",
     )
 
     demo = sub.add_parser(
@@ -132,6 +192,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _metric(text: str) -> tuple[str, float]:
+    name, sep, value = text.partition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not sep or not name or number != number:
+        raise argparse.ArgumentTypeError(f"{text!r}: write NAME=NUMBER, e.g. accuracy=0.95")
+    return name, number
+
+
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     logging.basicConfig(
@@ -146,6 +217,8 @@ def main(argv: list[str] | None = None) -> None:
             "demo": _demo,
             "baseline": _baseline,
             "replay": _replay,
+            "gate": _gate,
+            "analysis-template": _analysis_template,
         }
         code = commands[args.command](args)
     except ConfigError as error:
@@ -197,6 +270,8 @@ def _baseline(args: argparse.Namespace) -> int:
         args.run_id,
         args.data_snapshot,
         args.code_revision,
+        args.image,
+        dict(args.metric),
     )
     profile.save(args.out)
     lineage = profile.lineage
@@ -242,6 +317,39 @@ def _replay(args: argparse.Namespace) -> int:
         print(
             f"  first alarm {model} {version}{where} {kind}={feature} {detector} at event {index:,}"
         )
+    return 0
+
+
+def _gate(args: argparse.Namespace) -> int:
+    from streamwatch.gate import CANNOT_ASK, GateError, Prometheus, decide
+
+    try:
+        settings = load_settings(args.config)
+        decision = decide(
+            settings,
+            Prometheus(args.prometheus),
+            args.model,
+            args.candidate,
+            args.baseline,
+            args.window,
+        )
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        return CANNOT_ASK
+    except GateError as error:
+        print(f"streamwatch gate: cannot ask: {error}", file=sys.stderr)
+        return CANNOT_ASK
+    record = decision.to_json()
+    if args.record:
+        args.record.write_text(json.dumps(record, indent=1) + "\n")
+    print(json.dumps(record, indent=1) if args.output == "json" else decision.table())
+    return decision.exit_code
+
+
+def _analysis_template(args: argparse.Namespace) -> int:
+    from streamwatch.gate import analysis_template
+
+    print(analysis_template(load_settings(args.config), args.prometheus), end="")
     return 0
 
 

@@ -412,6 +412,27 @@ class QualitySettings(_Section):
     regression_detector: Literal["adwin", "page_hinkley"] = "adwin"
 
 
+class GateSettings(_Section):
+    """The rule `streamwatch gate` applies to a candidate model version (docs/deploy.md)."""
+
+    # Prometheus range of the checks, when --window is not given.
+    window: str = Field(default="30m", pattern=r"^[0-9]+[smhd]$")
+    # Evidence: fewer candidate predictions than this in the window is "wait".
+    min_events: int = Field(default=1000, ge=1)
+    # Labelled predictions needed to judge quality on labels; below it, on the estimate.
+    min_labels: int = Field(default=200, ge=1)
+    # Share of the candidate's predictions labelled in the window; below it is "wait".
+    min_label_coverage: float = Field(default=0.0, ge=0, le=1)
+    # Drift alarms of the candidate (any signal, any slice) allowed in the window.
+    max_drift_alarms: int = Field(default=0, ge=0)
+    # Rejected share of the predictions topic allowed in the window.
+    max_invalid_ratio: float = Field(default=0.01, ge=0, le=1)
+    # How much worse than the baseline (or reference, or objective) the score may be.
+    max_score_drop: float = Field(default=0.02, ge=0)
+    # The score judged; by default accuracy (binary, multiclass) or mae (regression).
+    score: Literal["accuracy", "log_loss", "brier", "mae"] | None = None
+
+
 class WorkerSettings(_Section):
     batch_size: int = Field(default=2000, ge=1, le=100_000)
     poll_timeout_seconds: float = Field(default=0.5, gt=0, le=10)
@@ -516,6 +537,7 @@ class Settings(BaseSettings):
     quality: QualitySettings = QualitySettings()
     worker: WorkerSettings = WorkerSettings()
     exporter: ExporterSettings = ExporterSettings()
+    gate: GateSettings = GateSettings()
 
     @field_validator("models")
     @classmethod

@@ -174,8 +174,24 @@ class MonitorCollector(Collector):
             "streamwatch_model_info",
             "A model version seen in the stream and the reference it is judged "
             "against; the value is always 1.",
-            [*VERSION, "reference", "run_id", "data_snapshot"],
+            [*VERSION, "reference", "run_id", "data_snapshot", "code_revision", "environment"],
             ((*row, 1) for row in snap.model_info),
+        )
+        yield _family(
+            c,
+            "streamwatch_predictions",
+            "Predictions of a tracked model version, warm-up included (what `streamwatch "
+            "gate` counts as evidence).",
+            VERSION,
+            snap.predictions,
+        )
+        yield _family(
+            g,
+            "streamwatch_reference_score",
+            "A score recorded in a model version's reference profile (its training or "
+            "validation metrics, `streamwatch baseline --metric`).",
+            [*VERSION, "score"],
+            snap.reference_scores,
         )
         yield _family(
             g,

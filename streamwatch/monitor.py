@@ -25,7 +25,7 @@ from __future__ import annotations
 import threading
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -102,10 +102,13 @@ class Snapshot:
     quality: list[tuple[str, str, str, str, str, float]]  # feature, check, ratio
     detector_ratio: list[tuple[str, str, str, str, str, str, float]]  # signal, feature, detector
     thresholds: list[tuple[str, str, str, str, float]]  # detector, value
-    model_info: list[tuple[str, str, str, str, str]]  # m, v, reference, run id, data snapshot
+    # model, version, reference, run id, data snapshot, code revision, environment
+    model_info: list[tuple[str, str, str, str, str, str, str]]
     warmup: list[tuple[str, str, str, float]]
     alarms: dict[AlarmKey, int]
     last_alarm: dict[AlarmKey, float]
+    predictions: list[tuple[str, str, int]] = field(default_factory=list)  # model, version
+    reference_scores: list[tuple[str, str, str, float]] = field(default_factory=list)
 
 
 class Layout:
@@ -170,6 +173,7 @@ class VersionState:
         self.profile = profile
         self._rows: list[tuple[FloatArray, Any]] = []
         self.filled = 0 if profile is None else warmup
+        self.events = 0  # predictions seen, warm-up included
 
     @property
     def warmup_ratio(self) -> float:
@@ -420,6 +424,7 @@ class Monitor:
 
     def _apply_group(self, key: SegmentKey, partition: int, group: list[Prediction]) -> list[Alarm]:
         version = self._version(key)
+        version.events += len(group)
         values, cats = version.layout.columns(group)
         if version.profile is None:
             taken = version.absorb(values, cats)
@@ -544,6 +549,8 @@ class Monitor:
     def _snapshot_version(self, key: SegmentKey, version: VersionState, snap: Snapshot) -> None:
         model, model_version, slice_name = key
         snap.warmup.append((*key, version.warmup_ratio))
+        if slice_name == ALL:
+            snap.predictions.append((model, model_version, version.events))
         layout = version.layout
         if version.profile is None:
             for s in layout.signals:
@@ -553,7 +560,18 @@ class Monitor:
         lineage = version.profile.lineage
         if slice_name == ALL:
             snap.model_info.append(
-                (model, model_version, lineage.source, lineage.run_id, lineage.data_snapshot)
+                (
+                    model,
+                    model_version,
+                    lineage.source,
+                    lineage.run_id,
+                    lineage.data_snapshot,
+                    lineage.code_revision,
+                    lineage.environment_id,
+                )
+            )
+            snap.reference_scores.extend(
+                (model, model_version, score, value) for score, value in lineage.metrics.items()
             )
         owned = [states[key] for states in self.partitions.values() if key in states]
         for w_index, spec in enumerate(self.drift.windows):

@@ -53,14 +53,29 @@ class Signal:
 
 @dataclass(frozen=True)
 class Lineage:
+    """Where a model version and its reference come from: the five questions a team must
+    answer (what code ran, which data fed it, which features, what environment built it,
+    what metrics justified it), plus the profile's own provenance."""
+
     model: str
     model_version: str
     run_id: str = ""
-    data_snapshot: str = ""
-    code_revision: str = ""
+    data_snapshot: str = ""  # which data: a snapshot id, or the profiled file's SHA-256
+    code_revision: str = ""  # what code: the training code's revision
     created_at: str = ""
     rows: int = 0
     source: str = "warmup"  # "warmup", or the file the profile was built from
+    features: list[str] = field(default_factory=list)  # which features the model used
+    # what environment: an image digest, or the Python and package versions of the build
+    environment: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)  # training/validation scores
+
+    @property
+    def environment_id(self) -> str:
+        """One short name of the environment, for a label: the image, else Python's version."""
+        if self.environment.get("image"):
+            return self.environment["image"]
+        return f"python {self.environment['python']}" if "python" in self.environment else ""
 
 
 def bin_index(values: FloatArray, edges: FloatArray, width: int) -> IntArray:
@@ -246,7 +261,7 @@ class Profile:
     def from_json(cls, data: dict[str, Any], signals: list[Signal]) -> Profile:
         if data.get("format") != FORMAT or data.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"not a {FORMAT} v{FORMAT_VERSION} file")
-        lineage = Lineage(**data["lineage"])
+        lineage = Lineage(**data["lineage"])  # fields added later have defaults
         numeric, categorical = {}, {}
         for s in signals:
             body = data["signals"].get(s.key)

@@ -15,27 +15,20 @@ comes and the drift alert of that model is inhibited) and ``calm`` (stationary: 
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
-import threading
 import time
-import urllib.parse
-import urllib.request
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import orjson
 import pytest
-import yaml
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import free_port
 from tests.integration.conftest import Topics, WorkerProcess, produce, worker_config
+from tests.integration.prometheus import DEPLOY, Servers, Webhook, wait
 
-DEPLOY = ROOT / "deploy"
 FEATURES = [
     {"name": "amount", "type": "numeric"},
     {"name": "age", "type": "numeric"},
@@ -43,139 +36,6 @@ FEATURES = [
 ]
 ZERO_ALARMS = 'streamwatch_drift_alarms_total{model="%s", feature="amount"} == 0'
 COUNTRIES = ["DE", "FR", "US", "ES", "IT", "NL", "PL", "SE", "BE", "AT"]  # IS: 5% of traffic
-
-
-class Webhook:
-    """Alertmanager's receivers, both pointed here: every alert notified, with its arrival."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[float, str, dict[str, Any]]] = []  # (time, path, alert)
-        webhook = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                for alert in json.loads(body)["alerts"]:
-                    webhook.received.append((time.monotonic(), self.path, alert))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def pages(self, **labels: str) -> list[tuple[float, str, dict[str, Any]]]:
-        return [
-            r
-            for r in self.received
-            if r[2]["status"] == "firing"
-            and all(r[2]["labels"].get(k) == v for k, v in labels.items())
-        ]
-
-
-def _scaled_rules(target: Path) -> None:
-    """The shipped rules, each ``for:`` hold 60 times shorter (minutes become seconds)."""
-    rules = yaml.safe_load((DEPLOY / "prometheus/rules/streamwatch.rules.yml").read_text())
-    for group in rules["groups"]:
-        for rule in group["rules"]:
-            if "for" in rule:
-                number, unit = re.fullmatch(r"(\d+)([smh])", rule["for"]).groups()  # type: ignore[union-attr]
-                seconds = int(number) * {"s": 1, "m": 60, "h": 3600}[unit]
-                rule["for"] = f"{seconds // 60}s"
-    target.write_text(yaml.safe_dump(rules, sort_keys=False))
-
-
-class Servers:
-    def __init__(self, folder: Path, worker_port: int, webhook: Webhook) -> None:
-        self.folder = folder
-        self.am_port, self.prom_port = free_port(), free_port()
-        am = yaml.safe_load((DEPLOY / "alertmanager/alertmanager.yml").read_text())
-        for receiver in am["receivers"]:
-            for hook in receiver["webhook_configs"]:
-                hook["url"] = f"http://127.0.0.1:{webhook.port}/{receiver['name']}"
-        (folder / "alertmanager.yml").write_text(yaml.safe_dump(am))
-        _scaled_rules(folder / "streamwatch.rules.yml")
-        prom = yaml.safe_load((DEPLOY / "prometheus/prometheus.yml").read_text())
-        prom["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
-        prom["rule_files"] = [str(folder / "streamwatch.rules.yml")]
-        prom["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] = [
-            f"127.0.0.1:{self.am_port}"
-        ]
-        job = prom["scrape_configs"][0]
-        job.update(scrape_interval="1s", scrape_timeout="1s")
-        job["static_configs"][0]["targets"] = [f"127.0.0.1:{worker_port}"]
-        (folder / "prometheus.yml").write_text(yaml.safe_dump(prom))
-        self.processes: list[subprocess.Popen[bytes]] = []
-
-    def start(self) -> Servers:
-        f = self.folder
-        commands = [
-            [
-                "prometheus-alertmanager",
-                f"--config.file={f / 'alertmanager.yml'}",
-                f"--storage.path={f / 'am-data'}",
-                f"--web.listen-address=127.0.0.1:{self.am_port}",
-                "--cluster.listen-address=",
-            ],
-            [
-                "prometheus",
-                f"--config.file={f / 'prometheus.yml'}",
-                f"--storage.tsdb.path={f / 'prom-data'}",
-                f"--web.listen-address=127.0.0.1:{self.prom_port}",
-            ],
-        ]
-        for command, log in zip(commands, ("alertmanager.log", "prometheus.log"), strict=True):
-            with (f / log).open("wb") as out:
-                self.processes.append(
-                    subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-                )
-        _wait(lambda: _get(self.prom_port, "/-/ready") is not None, 60, "Prometheus")
-        _wait(lambda: _get(self.am_port, "/-/ready") is not None, 60, "Alertmanager")
-        return self
-
-    def query(self, promql: str) -> list[dict[str, Any]]:
-        body = _get(self.prom_port, "/api/v1/query?" + urllib.parse.urlencode({"query": promql}))
-        assert body is not None
-        result: list[dict[str, Any]] = json.loads(body)["data"]["result"]
-        return result
-
-    def prometheus_alerts(self) -> list[dict[str, Any]]:
-        body = _get(self.prom_port, "/api/v1/alerts")
-        assert body is not None
-        alerts: list[dict[str, Any]] = json.loads(body)["data"]["alerts"]
-        return alerts
-
-    def alertmanager_alerts(self) -> list[dict[str, Any]]:
-        body = _get(self.am_port, "/api/v2/alerts")
-        assert body is not None
-        alerts: list[dict[str, Any]] = json.loads(body)
-        return alerts
-
-    def stop(self) -> None:
-        for process in self.processes:
-            process.terminate()
-            process.wait(timeout=30)
-
-
-def _get(port: int, path: str) -> bytes | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-            body: bytes = r.read()
-            return body
-    except OSError:
-        return None
-
-
-def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _events(
@@ -269,7 +129,7 @@ def stack(
 
 
 def _first_page(webhook: Webhook, timeout: float, **labels: str) -> float:
-    _wait(lambda: bool(webhook.pages(**labels)), timeout, f"a page for {labels}")
+    wait(lambda: bool(webhook.pages(**labels)), timeout, f"a page for {labels}")
     return webhook.pages(**labels)[0][0]
 
 
@@ -286,7 +146,7 @@ def test_a_feature_drift_pages_with_what_drifted(stack: Any) -> None:
         )
     )
     # Prometheus has seen the alarm counters at 0 (as it does during any real warm-up)
-    _wait(lambda: bool(servers.query(ZERO_ALARMS % "drift")), 60, "a scrape of the counters")
+    wait(lambda: bool(servers.query(ZERO_ALARMS % "drift")), 60, "a scrape of the counters")
     drifted, _ = _events("drift", 2000, 1500, seed=2, shift=1.0)
     changed = time.monotonic()
     produce(topics.bootstrap, topics.predictions, drifted)
@@ -329,7 +189,7 @@ def test_quality_falling_in_a_slice_pages_that_slice_only(stack: Any) -> None:
     assert below == {"country=IS"}
     assert not [p for p in pages if "ErrorBudget" in p[2]["labels"]["alertname"]]
     # the slice's error stream raised a concept-drift alarm too (it may page on its own)
-    _wait(
+    wait(
         lambda: bool(
             servers.query(
                 'streamwatch_concept_drift_alarms_total{model="slice", slice="country=IS"} > 0'
@@ -353,11 +213,11 @@ def test_stopped_predictions_page_and_mute_the_drift_alert(stack: Any) -> None:
     changed = time.monotonic()
     produce(topics.bootstrap, topics.predictions, old)
     paged = _first_page(webhook, 120, alertname="StreamwatchPredictionsStale", model="stale")
-    _wait(lambda: bool(servers.query(ZERO_ALARMS % "stale")), 60, "a scrape of the counters")
+    wait(lambda: bool(servers.query(ZERO_ALARMS % "stale")), 60, "a scrape of the counters")
     drifted, _ = _events("stale", 2000, 1500, seed=5, shift=1.0, age_s=1700)
     produce(topics.bootstrap, topics.predictions, drifted)
     # Prometheus fires the drift alert; Alertmanager holds it back
-    _wait(
+    wait(
         lambda: any(
             a["labels"]["alertname"] == "StreamwatchFeatureDrift"
             and a["labels"].get("model") == "stale"
@@ -406,7 +266,7 @@ def test_every_dashboard_query_returns_data(stack: Any) -> None:
     ]
     queries += [(a["name"], a["expr"]) for a in dashboard["annotations"]["list"]]
     assert len(queries) == 15
-    _wait(lambda: bool(servers.query("streamwatch:accuracy_error_ratio:rate1h")), 60, "rules")
+    wait(lambda: bool(servers.query("streamwatch:accuracy_error_ratio:rate1h")), 60, "rules")
     empty = [title for title, expr in queries if not servers.query(_grafana(expr))]
     assert not empty, f"panels without data: {empty}"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import platform
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -155,7 +156,18 @@ def test_baseline_writes_a_profile_with_lineage(tmp_path: Path, suffix: str) -> 
 def test_the_worker_judges_a_version_against_its_profile(tmp_path: Path) -> None:
     data = _write(_training_rows(3000), tmp_path / "train.jsonl")
     out = tmp_path / "p.json"
-    assert _baseline(tmp_path, data, "v7", out, "--run-id", "run-42").returncode == 0
+    lineage_args = ["--run-id", "run-42", "--code-revision", "9f1c2e7"]
+    lineage_args += ["--image", "registry.example/train@sha256:ab12", "--metric", "accuracy=0.95"]
+    assert _baseline(tmp_path, data, "v7", out, *lineage_args).returncode == 0
+    # the five questions: code, data, features, environment, metrics
+    lineage = json.loads(out.read_text())["lineage"]
+    assert lineage["code_revision"] == "9f1c2e7"
+    assert lineage["data_snapshot"].startswith("sha256:")
+    assert lineage["features"] == ["amount", "age", "country"]
+    assert lineage["environment"]["image"] == "registry.example/train@sha256:ab12"
+    assert lineage["environment"]["python"] == platform.python_version()
+    assert lineage["environment"]["numpy"] == np.__version__
+    assert lineage["metrics"] == {"accuracy": 0.95}
     settings = load_settings(_config(tmp_path, profiles=[str(out)]))
     app = build(settings)
     snap = app.pipeline.monitor.snapshot()
@@ -176,9 +188,20 @@ def test_the_worker_judges_a_version_against_its_profile(tmp_path: Path) -> None
             "train.jsonl",
             "run-42",
             Profile.load(out, signals_of(settings.models[0])).lineage.data_snapshot,
+            "9f1c2e7",
+            "registry.example/train@sha256:ab12",
         )
     ]
+    assert snap.reference_scores == [("fraud", "v7", "accuracy", 0.95)]
+    assert snap.predictions == [("fraud", "v7", 10)]
     assert snap.warmup == [("fraud", "v7", "__all__", 1.0)]  # no warm-up with a profile
+
+
+def test_a_metric_that_is_not_name_equals_number_is_refused(tmp_path: Path) -> None:
+    data = _write(_training_rows(100), tmp_path / "train.csv")
+    result = _baseline(tmp_path, data, "v1", tmp_path / "p.json", "--metric", "accuracy")
+    assert result.returncode == 2
+    assert "write NAME=NUMBER" in result.stderr
 
 
 def test_a_profile_of_another_model_is_a_config_error(tmp_path: Path) -> None:

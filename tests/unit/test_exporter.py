@@ -87,10 +87,20 @@ def test_demo_run_exports_exact_counts_and_the_alarm() -> None:
                 "reference": "warmup",
                 "run_id": "",
                 "data_snapshot": "",
+                "code_revision": "",
+                "environment": "",
             },
         )
         == 1
     )
+    # every prediction of the version, warm-up included: the gate's evidence
+    predictions = r.get_sample_value(
+        "streamwatch_predictions_total", {"model": "fraud-detector", "model_version": "2026.11.1"}
+    )
+    events = r.get_sample_value(
+        "streamwatch_events_total", {"topic": "demo-predictions", "model": "fraud-detector"}
+    )
+    assert predictions == events
 
 
 def test_metrics_documented_are_the_metrics_registered() -> None:

@@ -88,7 +88,7 @@ def test_stationary_stream_scores_everything_and_raises_nothing() -> None:
         alarms += monitor.apply(batch(start, 500))
     assert alarms == []
     snap = monitor.snapshot()
-    assert snap.model_info == [("m", "v1", "warmup", "", "")]
+    assert snap.model_info == [("m", "v1", "warmup", "", "", "", "")]
     assert set(scores(monitor, "psi")) == {"a", "b", "c", "prediction"}
     assert set(scores(monitor, "ks")) == {"a", "b", "prediction"}
     assert set(scores(monitor, "chi2_pvalue")) == {"c"}
