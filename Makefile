@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 
 .DEFAULT_GOAL := help
-.PHONY: help setup kafka alerting demo test lint unit integration broker clean
+.PHONY: help setup kafka alerting kustomize generate demo test lint unit integration broker clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -29,6 +29,16 @@ alerting: ## install Prometheus and Alertmanager (Debian packages) for the alert
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	  --no-install-recommends prometheus prometheus-alertmanager >/dev/null
 
+TOOLS := $(HOME)/.cache/streamwatch/bin
+
+kustomize: ## kustomize for the Kubernetes checks: kubectl's, else built with go into TOOLS
+	@if command -v kubectl >/dev/null || command -v kustomize >/dev/null \
+	    || [ -x $(TOOLS)/kustomize ]; then exit 0; fi; \
+	GOBIN=$(TOOLS) go install sigs.k8s.io/kustomize/kustomize/v5@v5.5.0
+
+generate: setup ## render the deploy files derived from others (make test checks they are current)
+	$(PY) scripts/render_deploy.py
+
 demo: setup ## set everything up and run the demo (no broker needed)
 	$(VENV)/bin/streamwatch demo
 
@@ -37,10 +47,10 @@ lint: setup ## ruff (lint + format check) and mypy strict
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
-unit: setup alerting ## the fast tests (no broker; promtool and amtool for the rule tests)
+unit: setup alerting kustomize ## the fast tests (no broker; promtool and amtool for the rule tests)
 	$(PY) -m pytest -m "not integration"
 
-test: setup kafka alerting lint ## set everything up and run the whole test suite
+test: setup kafka alerting kustomize lint ## set everything up and run the whole test suite
 	$(PY) -m pytest
 
 BROKER_DATA ?= $(HOME)/.cache/streamwatch/broker-data

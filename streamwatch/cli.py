@@ -189,6 +189,21 @@ def _parser() -> argparse.ArgumentParser:
         "--bootstrap-servers",
         help="produce the stream into this Kafka and consume it with the worker",
     )
+    demo.add_argument(
+        "--produce-only",
+        action="store_true",
+        help="with --bootstrap-servers: only produce, at --rate with event times of now, "
+        "round after round of --events (each drifting half way) until SIGTERM; for "
+        "workers running beside it (the compose stack's demo producer)",
+    )
+    demo.add_argument(
+        "--rate", type=float, default=50.0, help="--produce-only: predictions/s (default 50)"
+    )
+    demo.add_argument(
+        "--config",
+        type=Path,
+        help="--produce-only: take the broker and topics from this config (the workers')",
+    )
     return parser
 
 
@@ -430,6 +445,19 @@ def _demo(args: argparse.Namespace) -> int:
         predictions_topic=settings.topics.predictions,
         labels_topic=settings.topics.labels,
     )
+    if args.produce_only:
+        from streamwatch.demo import produce_live
+
+        if args.config:
+            settings = _load(args.config)
+        bootstrap = args.bootstrap_servers or settings.kafka.bootstrap_servers
+        if not (args.config or args.bootstrap_servers):
+            raise StreamwatchError("--produce-only needs --config or --bootstrap-servers")
+        produced = produce_live(settings, bootstrap, args.rate, args.events, _stop_on_signals())
+        print(f"produced {produced:,} predictions to {settings.topics.predictions}")
+        return 0
+    if args.config:
+        raise StreamwatchError("--config goes with --produce-only (the demo has its own)")
     if args.record:
         counts = record(scenario, args.record)
         for name, n in counts.items():

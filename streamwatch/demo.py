@@ -7,6 +7,7 @@ through the real worker.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -18,6 +19,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from streamwatch.app import App
+from streamwatch.config import Settings
 from streamwatch.progress import Progress
 from streamwatch.simulation import START_SECONDS, Record, Scenario
 
@@ -58,15 +60,10 @@ def run_in_memory(app: App, scenario: Scenario) -> DemoResult:
     return _result(app)
 
 
-def run_on_kafka(app: App, scenario: Scenario, bootstrap_servers: str) -> DemoResult:
-    """Produce the scenario to Kafka, then consume it back with the real worker."""
-    topics = app.settings.topics
+def _create_topics(bootstrap_servers: str, names: Iterable[str], partitions: int = 2) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap_servers})
     futures = admin.create_topics(
-        [
-            NewTopic(t, num_partitions=2, replication_factor=1)
-            for t in (topics.predictions, topics.labels, topics.dead_letters)
-        ]
+        [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in names]
     )
     for _topic, future in futures.items():
         try:
@@ -74,8 +71,11 @@ def run_on_kafka(app: App, scenario: Scenario, bootstrap_servers: str) -> DemoRe
         except Exception as error:  # an existing topic is fine; anything else is not
             if "TOPIC_ALREADY_EXISTS" not in str(error):
                 raise
+
+
+def _producer(bootstrap_servers: str) -> Producer:
     # murmur2_random: the Java client's partitioner, so both topics hash ids alike.
-    producer = Producer(
+    return Producer(
         {
             "bootstrap.servers": bootstrap_servers,
             "linger.ms": 50,
@@ -83,15 +83,67 @@ def run_on_kafka(app: App, scenario: Scenario, bootstrap_servers: str) -> DemoRe
             "enable.idempotence": True,
         }
     )
+
+
+def _send(producer: Producer, r: Record) -> None:
+    while True:
+        try:
+            producer.produce(r.topic(), r.value(), r.key())
+            return
+        except BufferError:
+            producer.poll(0.1)
+
+
+def produce_live(
+    settings: Settings,
+    bootstrap_servers: str,
+    rate: float,
+    round_events: int,
+    stop: threading.Event,
+) -> int:
+    """Produce the demo stream at ``rate`` predictions per second of wall clock, with event
+    times of now, round after round (each round drifts half way, from a new seed), until
+    ``stop``. The compose stack's demo producer. Returns the predictions produced."""
+    topics = settings.topics
+    _create_topics(bootstrap_servers, (topics.predictions, topics.labels, topics.dead_letters))
+    producer = _producer(bootstrap_servers)
+    log = logging.getLogger("streamwatch.demo")
+    produced, started, seed = 0, time.monotonic(), 0
+    while not stop.is_set():
+        scenario = Scenario(
+            events=round_events,
+            drift_at=round_events // 2,
+            seed=seed,
+            predictions_topic=topics.predictions,
+            labels_topic=topics.labels,
+            start=time.time(),
+            spacing_seconds=1.0 / rate,
+        )
+        log.info("round %d: %d predictions at %g/s, drifting half way", seed, round_events, rate)
+        for r in scenario.records():
+            _send(producer, r)
+            if r.topic() != topics.predictions:
+                continue
+            produced += 1
+            ahead = started + produced / rate - time.monotonic()
+            if ahead > 0:
+                producer.poll(0)
+                if stop.wait(ahead):
+                    break
+        seed += 1
+    producer.flush(10)
+    return produced
+
+
+def run_on_kafka(app: App, scenario: Scenario, bootstrap_servers: str) -> DemoResult:
+    """Produce the scenario to Kafka, then consume it back with the real worker."""
+    topics = app.settings.topics
+    _create_topics(bootstrap_servers, (topics.predictions, topics.labels, topics.dead_letters))
+    producer = _producer(bootstrap_servers)
     total = _total(scenario)
     progress = Progress(total, "producing")
     for i, r in enumerate(scenario.records(), 1):
-        while True:
-            try:
-                producer.produce(r.topic(), r.value(), r.key())
-                break
-            except BufferError:
-                producer.poll(0.1)
+        _send(producer, r)
         if i % 5000 == 0:
             producer.poll(0)
             progress.update(i)

@@ -98,6 +98,8 @@ class Scenario:
     seed: int = 7
     predictions_topic: str = "demo-predictions"
     labels_topic: str = "demo-labels"
+    start: float = START_SECONDS  # event time of the first prediction
+    spacing_seconds: float = 1.0  # event time between predictions
 
     def records(self) -> Iterator[Record]:
         """The stream in arrival order: predictions, late labels and malformed messages."""
@@ -114,7 +116,7 @@ class Scenario:
         logit = -4.0 + 0.6 * (log_amount - 3.5) - 0.002 * age + 0.2 * items
         score = 1.0 / (1.0 + np.exp(-logit))
         fraud = rng.random(n) < score
-        times = START_SECONDS + np.arange(n, dtype=np.float64)
+        times = self.start + self.spacing_seconds * np.arange(n, dtype=np.float64)
         label_times = times + rng.exponential(1800.0, n)  # labels come ~30 min later on average
         pending: list[tuple[float, int]] = []  # (arrival time, index), a heap
         for i in range(n):

@@ -65,14 +65,21 @@ def test_label_values_are_escaped_in_promql() -> None:
     assert 'model_version="v\\"8\\\\"' in traffic.query
 
 
-def test_the_shipped_analysis_template_is_the_gate_of_the_example_config() -> None:
-    shipped = (ROOT / "deploy/argo/analysis-template.yaml").read_text()
-    assert shipped == analysis_template(
-        load_settings(EXAMPLE), "http://prometheus.monitoring.svc:9090"
-    ), "regenerate: streamwatch analysis-template --config examples/streamwatch.yaml"
-    result = run_cli("analysis-template", "--config", str(EXAMPLE))
+def test_the_shipped_analysis_template_is_the_gate_of_the_deploy_config() -> None:
+    config = ROOT / "deploy/streamwatch/streamwatch.yaml"
+    result = run_cli(
+        "analysis-template",
+        "--config",
+        str(config),
+        "--prometheus",
+        "http://prometheus.monitoring.svc:9090",
+    )
     assert result.returncode == 0
-    assert result.stdout == shipped
+    shipped = (ROOT / "deploy/argo/analysis-template.yaml").read_text()
+    assert result.stdout == shipped, "stale: make generate"
+    assert result.stdout == analysis_template(
+        load_settings(config), "http://prometheus.monitoring.svc:9090"
+    )
 
 
 def test_bad_gate_config_names_the_field() -> None:
