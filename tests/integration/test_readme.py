@@ -31,6 +31,9 @@ BENCH = ".venv/bin/python bench/detection/run.py"
 LABELS_BENCH = ".venv/bin/python bench/labels/run.py"
 SOAK = ".venv/bin/python bench/soak/run.py"
 PROMTOOL = "promtool test rules deploy/prometheus/tests/streamwatch.test.yml"
+DEPLOY_CHECK = ".venv/bin/streamwatch check-config deploy/streamwatch/streamwatch.yaml"
+KUSTOMIZE = "kubectl kustomize deploy/kubernetes/overlays/example"
+TEMPLATE = ".venv/bin/streamwatch analysis-template --config deploy/streamwatch/streamwatch.yaml"
 
 
 def test_the_readme_shows_the_commands_this_file_runs() -> None:
@@ -47,6 +50,9 @@ def test_the_readme_shows_the_commands_this_file_runs() -> None:
         LABELS_BENCH,
         SOAK,
         PROMTOOL,
+        DEPLOY_CHECK,
+        KUSTOMIZE,
+        TEMPLATE,
     ] == COMMANDS
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert [line for line in ci if line and not line.startswith(("#", "set ", "cd "))] == [
@@ -224,3 +230,17 @@ def test_the_rules_test_as_the_readme_shows_it() -> None:
     result = _run(PROMTOOL)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
+
+
+def test_the_deploy_commands() -> None:
+    check = _run(DEPLOY_CHECK)
+    assert check.returncode == 0, check.stderr
+    assert "OK (1 model(s): fraud-detector)" in check.stdout
+    built = _run(KUSTOMIZE)
+    assert built.returncode == 0, built.stderr
+    kinds = re.findall(r"^kind: (\w+)$", built.stdout, flags=re.MULTILINE)
+    expected = ["ConfigMap", "Deployment", "PodDisruptionBudget", "Service"]
+    assert sorted(kinds) == sorted([*expected, "PrometheusRule", "ServiceMonitor"])
+    template = _run(TEMPLATE)
+    assert template.returncode == 0, template.stderr
+    assert template.stdout == (ROOT / "deploy/argo/analysis-template.yaml").read_text()
