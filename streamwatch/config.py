@@ -123,6 +123,9 @@ class EventTimeSettings(_Section):
 
     max_future_seconds: float = Field(default=3600, gt=0)
     max_lateness_seconds: float = Field(default=7 * 86400, gt=0)
+    # Read the two topics in step: a partition further ahead than this (event time) of its
+    # co-partition on the other topic waits while that one has messages left; null: never.
+    align_seconds: float | None = Field(default=10, ge=0)
 
 
 class KafkaSettings(_Section):

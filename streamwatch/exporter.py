@@ -83,8 +83,16 @@ class Telemetry:
             ["topic"],
             registry=registry,
         )
+        self.paused = Gauge(
+            "streamwatch_partitions_paused",
+            "Assigned partitions paused because they ran ahead of their co-partition on the "
+            "other topic in event time (event_time.align_seconds).",
+            ["topic"],
+            registry=registry,
+        )
         for topic in topics:
             self.assigned.labels(topic).set(0)
+            self.paused.labels(topic).set(0)
         self.label_delay = Histogram(
             "streamwatch_label_delay_seconds",
             "Label event time minus prediction event time, per joined pair.",

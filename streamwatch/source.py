@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -215,13 +215,22 @@ class Source:
             self._consumer.poll(0.1)  # serves callbacks; paused partitions yield nothing
         return self.commits_in_flight == 0 and self.commit_error is None
 
-    def pause(self) -> None:
-        if self.assignment:
-            self._consumer.pause(self.assignment)
+    def pause(self, partitions: Iterable[tuple[str, int]] | None = None) -> None:
+        """Pause every assigned partition, or the given ones."""
+        chosen = self._partitions(partitions)
+        if chosen:
+            self._consumer.pause(chosen)
 
-    def resume(self) -> None:
-        if self.assignment:
-            self._consumer.resume(self.assignment)
+    def resume(self, partitions: Iterable[tuple[str, int]] | None = None) -> None:
+        """Resume every assigned partition, or the given ones."""
+        chosen = self._partitions(partitions)
+        if chosen:
+            self._consumer.resume(chosen)
+
+    def _partitions(self, keys: Iterable[tuple[str, int]] | None) -> list[TopicPartition]:
+        if keys is None:
+            return self.assignment
+        return [TopicPartition(topic, partition) for topic, partition in keys]
 
     def uncommitted(self) -> dict[tuple[str, int], int]:
         """Per assigned partition, the next offset a restart would read from: what will be

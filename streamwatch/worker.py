@@ -7,6 +7,7 @@ One iteration::
     rejections → dead-letter producer + invalid counter
     apply the valid predictions to the monitor (vectorised per model version and partition)
     store the batch's offsets
+    pause the partitions that run ahead of the other topic in event time (alignment)
 
 A checkpoint, every ``worker.commit_interval_seconds``, on revoke and at shutdown, runs in
 this order, and a later step never runs if an earlier one failed:
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 from confluent_kafka import KafkaException, TopicPartition
 
 from streamwatch.admission import EventClock, VersionCap
+from streamwatch.alignment import Alignment
 from streamwatch.config import Settings
 from streamwatch.deadletter import DeadLetters
 from streamwatch.decode import Decoder, Label, Prediction, RawMessage, Rejection
@@ -196,6 +198,12 @@ class Worker:
             ) from None
         self._lag_series: set[tuple[str, str]] = set()
         self._paused = False  # backpressure: the dead-letter topic does not acknowledge
+        align = settings.event_time.align_seconds
+        topics = settings.topics
+        self.alignment = (
+            None if align is None else Alignment(topics.predictions, topics.labels, align)
+        )
+        self._held_back: set[tuple[str, int]] = set()  # paused by the alignment
         self._stopping = False
 
     def check(self) -> None:
@@ -228,6 +236,7 @@ class Worker:
                     with self.telemetry.batch_duration.time():
                         self.pipeline.process(messages, self.dead_letters)
                     self.source.store(messages)
+                self._align()
                 if time.monotonic() - last_commit >= w.commit_interval_seconds:
                     self.checkpoint(min(1.0, w.commit_interval_seconds + 0.1))
                     self._export_lag()
@@ -276,9 +285,25 @@ class Worker:
         if self._paused:
             log.info("dead letters acknowledged; resuming consumption")
             self.source.resume()
+            self._held_back = set()  # the next batch pauses what is still ahead
             self._paused = False
         self.source.commit(wait)
         return True
+
+    def _align(self) -> None:
+        """Pause the partitions that run ahead of the other topic; resume the rest."""
+        if self.alignment is None or self._paused or not self.source.assignment:
+            return
+        partitions = {tp.partition for tp in self.source.assignment}
+        ahead = self.alignment.ahead(partitions, self.pipeline.clock.watermarks, self.source.lag())
+        if ahead == self._held_back:
+            return
+        self.source.resume(self._held_back - ahead)
+        self.source.pause(ahead - self._held_back)
+        self._held_back = ahead
+        counts = Counter(topic for topic, _ in ahead)
+        for topic in self.source.topics:
+            self.telemetry.paused.labels(topic).set(counts.get(topic, 0))
 
     def _final_checkpoint(self, grace: float) -> None:
         deadline = time.monotonic() + grace
@@ -359,7 +384,9 @@ class Worker:
         self._set_assigned([])
 
     def _set_assigned(self, partitions: list[TopicPartition]) -> None:
+        self._held_back = set()
         counts = Counter(tp.topic for tp in partitions)
         for topic in self.source.topics:
             self.telemetry.assigned.labels(topic).set(counts.get(topic, 0))
+            self.telemetry.paused.labels(topic).set(0)
         self.health.assigned = len(partitions)

@@ -181,7 +181,16 @@ class WorkerProcess:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with self.log.open("wb") as log:  # the child keeps its own descriptor
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "streamwatch", "run", "--config", str(self.path)],
+                [
+                    sys.executable,
+                    "-m",
+                    "streamwatch",
+                    "--log-level",
+                    os.environ.get("SW_LOG", "INFO"),
+                    "run",
+                    "--config",
+                    str(self.path),
+                ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=ROOT,

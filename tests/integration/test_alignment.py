@@ -1,0 +1,78 @@
+"""A backlog on a real broker: the worker reads the two topics in step by event time.
+
+20,000 predictions (100 per second of event time) and their labels (each 30 s after its
+prediction) wait in the topics before the worker starts; the early-label hold takes 2,000.
+Labels are small messages: read freely, they run far ahead of their predictions, overflow
+the hold and are lost to the join. Read in step (5 s), the hold needs about 100/s x 5 s plus
+a batch of 500, and every label joins.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.conftest import free_port
+from tests.integration.conftest import Topics, WorkerProcess, produce, worker_config
+
+N = 20_000
+
+
+def _backlog(topics: Topics) -> None:
+    start_ms = int((time.time() - 3600) * 1000)
+    predictions, labels = [], []
+    for i in range(N):
+        pid = f"p{i}"
+        at = start_ms + i * 10
+        body = {
+            "prediction_id": pid,
+            "model": "fraud",
+            "model_version": "v1",
+            "timestamp": at,
+            "features": {"amount": 100.0 + i % 7, "age": 40.0, "country": "DE"},
+            "prediction": 0.9 if i % 3 else 0.1,
+        }
+        predictions.append((pid.encode(), orjson.dumps(body)))
+        label = {"prediction_id": pid, "label": bool(i % 3), "timestamp": at + 30_000}
+        labels.append((pid.encode(), orjson.dumps(label)))
+    produce(topics.bootstrap, topics.predictions, predictions)
+    produce(topics.bootstrap, topics.labels, labels)
+
+
+@pytest.mark.parametrize("align", [None, 5], ids=["free", "in-step"])
+def test_a_backlog_is_read_in_step(
+    kafka_bootstrap: str, tmp_path: Path, align: float | None
+) -> None:
+    topics = Topics(kafka_bootstrap).create(partitions=2)
+    _backlog(topics)
+    config = worker_config(
+        topics,
+        free_port(),
+        labels={"early_hold_max_labels": 2000},
+        event_time={"align_seconds": align},
+        worker={"batch_size": 500},
+    )
+    worker = WorkerProcess(config, tmp_path).start()
+    joined = {"model": "fraud", "model_version": "v1", "slice": "__all__"}
+
+    def settled() -> bool:
+        done = worker.sample("streamwatch_labelled_events_total", **joined)
+        return done + worker.sample("streamwatch_labels_unmatched_total") >= N
+
+    started = time.monotonic()
+    try:
+        worker.wait_for(settled, timeout=120)
+        took = time.monotonic() - started
+        evicted = worker.sample("streamwatch_labels_early_evicted_total")
+        labelled = worker.sample("streamwatch_labelled_events_total", **joined)
+    finally:
+        worker.stop()
+    print(f"\nalign_seconds={align}: {labelled:,.0f} joined, {evicted:,.0f} evicted, {took:.1f} s")
+    if align is None:
+        assert evicted > 0  # the failure the alignment exists for
+    else:
+        assert evicted == 0
+        assert labelled == N
