@@ -1,34 +1,38 @@
-"""Replay: the worker's engine over recorded JSONL files, in event-time order.
+"""Replay: the worker's pipeline over recorded JSONL files, in event-time order.
 
-Every line is one message value, exactly as it would arrive on the topic. Lines are decoded
-by the same decoder, sorted by event time (stable), and applied in micro-batches of
-``worker.batch_size`` to the same monitor the worker runs. The output folder gets:
+Every line is one message value, exactly as it would arrive on the topic (the file is a
+partition, in arrival order). Lines go through the worker's own stages
+(:class:`streamwatch.worker.Pipeline`): the same decoding and admission (event-time bounds,
+in file order, as the worker admits in arrival order), the same version cap, monitor and
+quality side. Admitted predictions are then sorted by event time (stable) and applied in
+micro-batches of ``worker.batch_size``; labels join as the worker would, each once the
+replay has reached its timestamp. The output folder gets:
 
-* ``alarms.json``: every alarm with its event time, event index (position in event-time
-  order), line number, model, version, signal, feature, detector, statistic and threshold;
-* ``timeline.csv``: every exported score and detector ratio, every ``every`` events.
-
-With ``--labels``, labels join their predictions as the worker would (each label once the
-replay has reached its timestamp) and the timeline also carries the quality scores
-(``signal="quality"``, the slice in the ``feature`` column) and their estimates.
+* ``alarms.json``: every alarm, drift and concept (quality), with its event time, event
+  index (position in event-time order), line number, model, version, slice, signal,
+  feature, detector, and for drift alarms the statistic and threshold;
+* ``timeline.csv``: every exported score and detector ratio, every ``every`` events, and
+  with labels the quality scores (``signal="quality"``) and their estimates.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from streamwatch.baseline import load_profiles
+from streamwatch.app import build
 from streamwatch.config import Settings
-from streamwatch.decode import Decoder, Label, Prediction, Rejection
+from streamwatch.decode import Label, Prediction
 from streamwatch.monitor import Alarm, Monitor
 from streamwatch.progress import Progress
 from streamwatch.quality import ConceptAlarm, Quality
+from streamwatch.simulation import Record
+from streamwatch.worker import Decoded, Pipeline
 
 
 @dataclass
@@ -45,55 +49,59 @@ def _iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
 
 
-def decode_lines(
-    decoder: Decoder, lines: Iterable[bytes], topic: str, labels: bool, result: ReplayResult
-) -> list[tuple[int, Prediction | Label]]:
-    records: list[tuple[int, Prediction | Label]] = []
-    for number, line in enumerate(lines, 1):
-        line = line.rstrip(b"\r\n")
-        if not line.strip():
-            continue
-        record = (decoder.label if labels else decoder.prediction)(
-            line, None, None, topic, 0, number
-        )
-        if isinstance(record, Rejection):
-            result.rejected[record.reason] = result.rejected.get(record.reason, 0) + 1
-        else:
-            records.append((number, record))
-    return records
+def _records(path: Path, topic: str) -> Iterator[Record]:
+    """The file's lines as messages of partition 0, offset = line number."""
+    with path.open("rb") as f:
+        for number, line in enumerate(f, 1):
+            line = line.rstrip(b"\r\n")
+            if line.strip():
+                yield Record(topic, line, None, 0, number)
+
+
+def _decode(pipeline: Pipeline, path: Path, topic: str, batch: int) -> Decoded:
+    """Decode and admit a whole file, in arrival order, batch by batch."""
+    predictions: list[Prediction] = []
+    labels: list[Label] = []
+    rejected = []
+    chunk: list[Record] = []
+    for record in _records(path, topic):
+        chunk.append(record)
+        if len(chunk) == batch:
+            decoded = pipeline.decode(chunk)
+            predictions += decoded.predictions
+            labels += decoded.labels
+            rejected += decoded.rejected
+            chunk = []
+    decoded = pipeline.decode(chunk)
+    return Decoded(
+        predictions + decoded.predictions, labels + decoded.labels, rejected + decoded.rejected
+    )
 
 
 def run(
     settings: Settings,
     predictions: Path,
     labels: Path | None = None,
-    monitor: Monitor | None = None,
     every: int = 1000,
     timeline: Path | None = None,
 ) -> ReplayResult:
-    """Replay files through a monitor; write the timeline CSV if a path is given."""
-    decoder = Decoder(settings)
-    profiles = load_profiles(settings)
-    quality = Quality(settings, profiles)
-    monitor = monitor or Monitor(settings, profiles, quality.slicers)
+    """Replay files through the worker's pipeline; write the timeline CSV if a path is given."""
+    pipeline = build(settings).pipeline
+    batch = settings.worker.batch_size
     result = ReplayResult()
-    with predictions.open("rb") as f:
-        decoded = decode_lines(decoder, f, settings.topics.predictions, False, result)
+    read = _decode(pipeline, predictions, settings.topics.predictions, batch)
+    rejected = list(read.rejected)
     label_records: list[Label] = []
     if labels is not None:
-        with labels.open("rb") as f:
-            label_records = [
-                r
-                for _, r in decode_lines(decoder, f, settings.topics.labels, True, result)
-                if isinstance(r, Label)
-            ]
+        label_read = _decode(pipeline, labels, settings.topics.labels, batch)
+        rejected += label_read.rejected
+        label_records = sorted(label_read.labels, key=lambda lb: lb.timestamp)
         result.labels = len(label_records)
-        label_records.sort(key=lambda lb: lb.timestamp)
-    next_label = 0
-    decoded.sort(key=lambda item: item[1].timestamp)
+    for r in rejected:
+        result.rejected[r.reason] = result.rejected.get(r.reason, 0) + 1
     events: list[Prediction] = []
-    for index, (line, record) in enumerate(decoded):
-        assert isinstance(record, Prediction)
+    ordered = sorted(read.predictions, key=lambda p: p.timestamp)
+    for index, record in enumerate(ordered):
         # one partition, offsets in event-time order: the event index of every alarm
         events.append(
             Prediction(
@@ -110,7 +118,7 @@ def run(
                 index,
             )
         )
-        result.lines[index] = line
+        result.lines[index] = record.offset
     result.predictions = len(events)
     writer = None
     out = timeline.open("w", newline="") if timeline else None
@@ -131,12 +139,12 @@ def run(
             ]
         )
     progress = Progress(len(events), "replaying")
-    batch = settings.worker.batch_size
-    next_row = every
+    next_row, next_label = every, 0
     try:
+        # the rejected messages are counted (and type errors seen) with the first batch
+        outcome = pipeline.apply(Decoded([], [], rejected), None)
         for start in range(0, len(events), batch):
             chunk = events[start : start + batch]
-            result.alarms += monitor.apply(chunk)
             # labels join as they would have: those stamped up to this batch's newest event
             newest = chunk[-1].timestamp
             end = next_label
@@ -144,12 +152,13 @@ def run(
                 end += 1
             if start + len(chunk) == len(events):
                 end = len(label_records)  # the rest of the labels, after the last prediction
-            result.concept_alarms += quality.apply(chunk, label_records[next_label:end])
-            quality.take_label_delays()
+            outcome = pipeline.apply(Decoded(chunk, label_records[next_label:end], []), None)
+            result.alarms += outcome.alarms
+            result.concept_alarms += outcome.concept_alarms
             next_label = end
             done = start + len(chunk)
             if writer is not None and (done >= next_row or done == len(events)):
-                _timeline_rows(writer, monitor, quality, done, chunk[-1].timestamp)
+                _timeline_rows(writer, pipeline.monitor, pipeline.quality, done, newest)
                 next_row = done + every
             progress.update(done)
     finally:
@@ -190,7 +199,8 @@ def _timeline_rows(
 
 
 def write_alarms(result: ReplayResult, path: Path) -> None:
-    rows = [
+    """Every alarm, drift and concept, in event-time order."""
+    rows: list[dict[str, Any]] = [
         {
             "event_time": _iso(a.event_time),
             "event_index": a.offset,
@@ -206,4 +216,21 @@ def write_alarms(result: ReplayResult, path: Path) -> None:
         }
         for a in result.alarms
     ]
+    rows += [
+        {
+            "event_time": _iso(c.event_time),
+            "event_index": None,
+            "line": None,
+            "model": c.model,
+            "model_version": c.model_version,
+            "slice": c.slice,
+            "signal": "quality",
+            "feature": None,
+            "detector": c.detector,
+            "statistic": None,
+            "threshold": None,
+        }
+        for c in result.concept_alarms
+    ]
+    rows.sort(key=lambda row: row["event_time"])
     path.write_text(json.dumps(rows, indent=1))

@@ -42,10 +42,19 @@ from streamwatch.decode import Decoder, Label, Prediction, RawMessage, Rejection
 from streamwatch.errors import ConfigError, ConfigProblem, KafkaSetupError
 from streamwatch.exporter import Health, Telemetry
 from streamwatch.monitor import Alarm, AlarmKey, Monitor
-from streamwatch.quality import Quality
+from streamwatch.quality import ConceptAlarm, Quality
 from streamwatch.source import Source
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A batch after decoding and admission: valid records, and the rejected messages."""
+
+    predictions: list[Prediction]
+    labels: list[Label]
+    rejected: list[Rejection]
 
 
 @dataclass(frozen=True)
@@ -54,10 +63,13 @@ class Outcome:
 
     rejected: list[Rejection]
     alarms: list[Alarm]
+    concept_alarms: list[ConceptAlarm]
 
 
 class Pipeline:
-    """The stages after the source, shared by the Kafka worker and the in-memory demo."""
+    """The stages after the source, shared by the Kafka worker, the in-memory demo and
+    replay: :meth:`decode` (decoder, then admission), then :meth:`apply` (the version cap,
+    dead letters and counters, the monitor, the quality side)."""
 
     def __init__(
         self, settings: Settings, monitor: Monitor, quality: Quality, telemetry: Telemetry
@@ -74,6 +86,12 @@ class Pipeline:
 
     def process(self, messages: Sequence[RawMessage], dead_letters: DeadLetters | None) -> Outcome:
         """Decode and apply one batch; rejections are sent (given a producer) and counted."""
+        outcome = self.apply(self.decode(messages), dead_letters)
+        self.processed += len(messages)
+        return outcome
+
+    def decode(self, messages: Sequence[RawMessage]) -> Decoded:
+        """Decode each message, in arrival order, and admit it (event-time bounds)."""
         predictions: list[Prediction] = []
         labels: list[Label] = []
         rejected: list[Rejection] = []
@@ -103,6 +121,12 @@ class Pipeline:
                 predictions.append(record)
             else:
                 labels.append(record)
+        return Decoded(predictions, labels, rejected)
+
+    def apply(self, decoded: Decoded, dead_letters: DeadLetters | None) -> Outcome:
+        """Apply decoded records: dead-letter and count the rejected, update the monitor and
+        the quality side; return the alarms raised."""
+        predictions, labels, rejected = decoded.predictions, decoded.labels, decoded.rejected
         predictions = self._cap_versions(predictions)
         for r in rejected:
             if dead_letters is not None:
@@ -125,7 +149,8 @@ class Pipeline:
                 alarm.detector,
                 alarm.offset,
             )
-        for concept in self.quality.apply(predictions, labels):
+        concept_alarms = self.quality.apply(predictions, labels)
+        for concept in concept_alarms:
             log.info(
                 "concept drift alarm: model=%s version=%s slice=%s detector=%s",
                 concept.model,
@@ -135,9 +160,8 @@ class Pipeline:
             )
         for model, delay in self.quality.take_label_delays():
             self.telemetry.label_delay.labels(model).observe(delay)
-        self._count(predictions_topic, predictions, labels)
-        self.processed += len(messages)
-        return Outcome(rejected, alarms)
+        self._count(self.topics.predictions, predictions, labels)
+        return Outcome(rejected, alarms, concept_alarms)
 
     def _cap_versions(self, predictions: list[Prediction]) -> list[Prediction]:
         capped, overflow = self.versions.apply(predictions)
