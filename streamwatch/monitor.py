@@ -437,7 +437,7 @@ class Monitor:
         state = self._partition_state(partition, version)
         for window in state.windows:
             if isinstance(window, CountWindow):
-                window.add(version.table(coded))
+                window.add_rows(len(group), lambda rows: version.table(coded, rows))
                 continue
             buckets = window.bucket_of(timestamps)
             newest = float(timestamps.max())

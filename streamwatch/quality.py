@@ -382,7 +382,9 @@ class Quality:
             whole = counts(rows)
             for window in windows:
                 if isinstance(window, CountWindow):
-                    window.add(whole)  # type: ignore[arg-type]
+                    # a chunk at a time: a backlog's batch must not become one table
+                    piece = lambda part, rows=rows: counts(rows[part])  # noqa: E731
+                    window.add_rows(len(rows), piece)  # type: ignore[arg-type]
                     continue
                 buckets = window.bucket_of(times[rows])
                 newest = float(times[rows].max())

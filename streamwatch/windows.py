@@ -10,6 +10,7 @@ looked at twice and no per-event state is kept.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -50,10 +51,11 @@ class Table:
 
 
 class CountWindow:
-    """The last ``size`` events, in chunks: a batch joins the newest chunk while that holds
-    fewer than ``size / 16`` events, so the window keeps at most about 17 tables however
-    small the batches (a sparse slice gets a few events per batch). Once filled it holds at
-    least ``size`` events and at most ``size`` plus one chunk."""
+    """The last ``size`` events, in chunks of at most ``size / 16`` events: a batch is added
+    in pieces of at most one chunk (:meth:`add_rows`), and a piece joins the newest chunk
+    while both fit in one. The oldest chunk leaves once the rest holds ``size`` events, so
+    a filled window holds from ``size`` to ``size + size / 16 - 1`` events, whatever the
+    batch size (a backlog's batches included), in at most about 33 tables."""
 
     CHUNKS = 16
 
@@ -63,8 +65,14 @@ class CountWindow:
         self.total = empty
         self._tables: deque[Table] = deque()
 
+    def add_rows(self, rows: int, table_of: Callable[[slice], Table]) -> None:
+        """Add ``rows`` events, tabled a chunk at a time by ``table_of(slice)``."""
+        for start in range(0, rows, self.chunk):
+            self.add(table_of(slice(start, min(rows, start + self.chunk))))
+
     def add(self, table: Table) -> None:
-        if self._tables and self._tables[-1].events < self.chunk:
+        """Add one table (of at most a chunk of events, for the bound above)."""
+        if self._tables and self._tables[-1].events + table.events <= self.chunk:
             self._tables[-1] = self._tables[-1] + table
         else:
             self._tables.append(table)

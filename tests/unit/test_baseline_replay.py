@@ -328,7 +328,7 @@ def test_replay_goes_through_the_workers_stages(tmp_path: Path) -> None:
         labels.append(
             orjson.dumps({"prediction_id": f"p{i}", "label": positive, "timestamp": at + 60_000})
         )
-    future = {"prediction_id": "f", "model": "fraud", "model_version": "v1"}
+    future: dict[str, Any] = {"prediction_id": "f", "model": "fraud", "model_version": "v1"}
     future |= {"timestamp": "2999-01-01T00:00:00Z", "features": {}, "prediction": 0.5}
     predictions.append(orjson.dumps(future))
     (tmp_path / "p.jsonl").write_bytes(b"\n".join(predictions) + b"\n")

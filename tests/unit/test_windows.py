@@ -34,28 +34,23 @@ def same(a: Table, b: Table) -> bool:
 
 
 @settings(max_examples=80)
-@given(st.integers(5, 300), st.lists(st.integers(1, 80), min_size=1, max_size=40))
-def test_count_window_equals_recomputing(size: int, batch_sizes: list[int]) -> None:
+@given(st.integers(5, 300), st.lists(st.integers(1, 2000), min_size=1, max_size=40))
+def test_count_window_holds_the_last_events_whatever_the_batch(
+    size: int, batch_sizes: list[int]
+) -> None:
+    """The window is the newest events, from ``size`` to ``size + chunk - 1`` of them once
+    filled, even when one batch holds many windows' worth (a backlog)."""
     values = np.random.default_rng(len(batch_sizes)).normal(size=sum(batch_sizes))
     window = CountWindow(size, table_of(np.zeros(0)))
-    chunk = max(1, size // 16)
-    chunks: list[int] = []  # events per chunk: a batch joins the newest while it is small
     end = 0
     for n in batch_sizes:
-        window.add(table_of(values[end : end + n]))
+        batch = values[end : end + n]
+        window.add_rows(n, lambda rows, batch=batch: table_of(batch[rows]))
         end += n
-        if chunks and chunks[-1] < chunk:
-            chunks[-1] += n
-        else:
-            chunks.append(n)
-        # the newest whole chunks whose total first reaches `size`
-        events = 0
-        for m in reversed(chunks):
-            if events >= size:
-                break
-            events += m
+        events = window.total.events
+        assert min(end, size) <= events <= size + window.chunk - 1
         assert same(window.total, table_of(values[end - events : end]))
-        assert len(window._tables) <= size // chunk + 2  # bounded, however small the batches
+        assert len(window._tables) <= 2 * (size + window.chunk) // window.chunk + 1
 
 
 @settings(max_examples=80)
