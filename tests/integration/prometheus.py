@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import threading
 import time
@@ -89,6 +90,8 @@ class Servers:
         self.processes: list[subprocess.Popen[bytes]] = []
 
     def start(self) -> Servers:
+        for tool in ("prometheus", "prometheus-alertmanager"):  # make test installs them
+            assert shutil.which(tool), f"{tool}: install the Debian package (make alerting)"
         f = self.folder
         commands = [
             [

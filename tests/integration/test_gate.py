@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,8 +68,6 @@ def _stream(
 def live(
     kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Servers, Path]]:
-    for tool in ("prometheus", "prometheus-alertmanager"):  # make test installs them
-        assert shutil.which(tool), f"{tool}: install the Debian package (make alerting)"
     folder = tmp_path_factory.mktemp("gate")
     topics = Topics(kafka_bootstrap).create(partitions=2)
     port = free_port()

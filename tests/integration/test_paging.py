@@ -15,7 +15,6 @@ comes and the drift alert of that model is inhibited) and ``calm`` (stationary: 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -92,8 +91,6 @@ def _events(
 def stack(
     kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Topics, WorkerProcess, Servers, Webhook]]:
-    for tool in ("prometheus", "prometheus-alertmanager"):  # make test installs them
-        assert shutil.which(tool), f"{tool}: install the Debian package (make alerting)"
     folder = tmp_path_factory.mktemp("paging")
     topics = Topics(kafka_bootstrap).create(partitions=2)
     port = free_port()

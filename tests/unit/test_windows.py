@@ -45,7 +45,11 @@ def test_count_window_holds_the_last_events_whatever_the_batch(
     end = 0
     for n in batch_sizes:
         batch = values[end : end + n]
-        window.add_rows(n, lambda rows, batch=batch: table_of(batch[rows]))
+
+        def table(rows: slice, batch: np.ndarray = batch) -> Table:
+            return table_of(batch[rows])
+
+        window.add_rows(n, table)
         end += n
         events = window.total.events
         assert min(end, size) <= events <= size + window.chunk - 1
