@@ -20,6 +20,7 @@ import numpy as np
 import orjson
 
 from streamwatch.config import ModelSpec, Settings
+from streamwatch.decode import is_positive
 from streamwatch.errors import ConfigError, ConfigProblem, StreamwatchError
 from streamwatch.monitor import signals_of
 from streamwatch.progress import Progress
@@ -144,22 +145,10 @@ def build(
     if spec.task == "binary" and labelled:
         # labelled reference data: calibrate the quality estimate on it
         scores = np.array([_number(row["prediction"]) for row in labelled])
-        positive = np.array([_is_positive(row["label"], spec) for row in labelled])
+        positive = np.array([is_positive(row["label"], spec.positive_labels) for row in labelled])
         keep = ~np.isnan(scores)
         profile.calibration = calibration_map(scores[keep], positive[keep])
     return profile
-
-
-def _is_positive(label: Any, spec: ModelSpec) -> bool:
-    if isinstance(label, bool):
-        return label
-    if isinstance(label, int | float):
-        return float(label) >= 0.5
-    text = str(label)
-    try:
-        return float(text) >= 0.5
-    except ValueError:
-        return text in spec.positive_labels
 
 
 def load_profiles(settings: Settings) -> dict[tuple[str, str], Profile]:

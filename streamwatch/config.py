@@ -149,6 +149,29 @@ class KafkaSettings(_Section):
             for k, v in value.items()
         }
 
+    @field_validator("properties")
+    @classmethod
+    def _not_ours(cls, properties: dict[str, Any]) -> dict[str, Any]:
+        """Properties the guarantees rest on are streamwatch's, not the passthrough's: the
+        commits (at-least-once), the group (kafka.group_id) and the range assignor, which
+        gives a worker partition p of both topics (the label join needs it)."""
+        owned = {
+            "enable.auto.commit": "streamwatch commits after the dead letters are flushed",
+            "enable.auto.offset.store": "streamwatch stores offsets after a batch is applied",
+            "group.id": "set kafka.group_id instead",
+        }
+        for key, why in owned.items():
+            if key in properties:
+                raise _problem(f"{key} cannot be set here", f"remove it: {why}")
+        strategy = properties.get("partition.assignment.strategy")
+        if strategy is not None and str(strategy) != "range":
+            raise _problem(
+                f"partition.assignment.strategy={strategy} would split a prediction from its "
+                "label (the join needs partition p of both topics on one worker)",
+                "remove it: streamwatch uses the range assignor",
+            )
+        return properties
+
     def librdkafka(self) -> dict[str, Any]:
         """The passthrough properties as librdkafka wants them (secrets revealed)."""
         config: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers}

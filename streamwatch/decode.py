@@ -8,7 +8,7 @@ topic and counts.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -99,6 +99,23 @@ class Label:
     timestamp: float
     partition: int
     offset: int
+
+
+def is_positive(label: Any, positive_labels: Collection[str]) -> bool:
+    """The one rule for a binary label, used by the worker and by ``baseline``: a boolean is
+    itself; a number, or a string that reads as one ("1", "1.0", "0"), is positive at 0.5 or
+    more; any other string is positive when it is one of ``positive_labels``."""
+    if isinstance(label, bool):
+        return label
+    if isinstance(label, int | float):
+        return float(label) >= 0.5
+    text = str(label)
+    if text in positive_labels:
+        return True
+    try:
+        return float(text) >= 0.5
+    except ValueError:
+        return False
 
 
 class _Invalid(Exception):  # noqa: N818 - internal control flow, never escapes this module

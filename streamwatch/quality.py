@@ -28,7 +28,7 @@ from river import drift
 
 from streamwatch.activity import Activity
 from streamwatch.config import ModelSpec, QualitySettings, Settings, WindowSpec
-from streamwatch.decode import Label, Prediction
+from streamwatch.decode import Label, Prediction, is_positive
 from streamwatch.join import EarlyLabels, PendingPredictions, id_hash
 from streamwatch.reference import Profile
 from streamwatch.scores import (
@@ -443,7 +443,7 @@ class Quality:
         threshold = self.settings.threshold
         if spec.task == "binary":
             scores = store.columns["value"][slots].astype(np.float64)
-            positive = np.array([_positive(v, spec) for v in labels])
+            positive = np.array([is_positive(v, spec.positive_labels) for v in labels])
             errors = ((scores >= threshold) != positive).astype(np.float64)
 
             def counts(rows: IntArray) -> Counts:
@@ -704,12 +704,6 @@ def _stacked(columns: Mapping[str, Any], classes: int, rows: IntArray) -> FloatA
     if not classes:
         return None
     return np.column_stack([columns[f"p{j}"][rows] for j in range(classes)]).astype(np.float64)
-
-
-def _positive(label: float | str, spec: ModelSpec) -> bool:
-    if isinstance(label, str):
-        return label in spec.positive_labels
-    return label >= 0.5
 
 
 def _class_name(label: float | str) -> str:

@@ -29,10 +29,13 @@ from streamwatch.errors import KafkaSetupError
 log = logging.getLogger(__name__)
 
 #: Properties the at-least-once guarantee depends on; user properties cannot change them.
-FORCED = {"enable.auto.commit": False, "enable.auto.offset.store": False}
+FORCED = {
+    "enable.auto.commit": False,
+    "enable.auto.offset.store": False,
+    "partition.assignment.strategy": "range",  # the join needs partition p of both topics
+}
 DEFAULTS = {
     "auto.offset.reset": "earliest",
-    "partition.assignment.strategy": "range",
     "enable.partition.eof": False,
     "statistics.interval.ms": 0,
 }

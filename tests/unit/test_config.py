@@ -262,3 +262,22 @@ def test_web_config_is_checked(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_settings({**MINIMAL, "exporter": {"web_config_file": str(web)}})
     assert "tls_server_config.cert_file" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "says"),
+    [
+        ("partition.assignment.strategy", "cooperative-sticky", "range assignor"),
+        ("enable.auto.commit", True, "dead letters are flushed"),
+        ("group.id", "other", "kafka.group_id"),
+    ],
+)
+def test_properties_the_guarantees_rest_on_are_refused(key: str, value: object, says: str) -> None:
+    from streamwatch.config import parse_settings
+    from streamwatch.errors import ConfigError
+
+    body: dict[str, object] = {"models": [{"name": "m", "features": [{"name": "x"}]}]}
+    body["kafka"] = {"properties": {key: value}}
+    with pytest.raises(ConfigError, match=r"kafka\.properties") as caught:
+        parse_settings(body, "c.yaml")
+    assert says in str(caught.value)

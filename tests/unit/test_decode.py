@@ -308,3 +308,25 @@ def test_fuzz_arbitrary_json_against_the_contract(doc: dict[str, Any], model: st
             assert record.reason in REASONS
         else:
             within_limits(record)
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False) | st.integers(-5, 5))
+def test_a_number_and_its_text_are_the_same_label(number: float) -> None:
+    """One rule for the worker and `baseline`: "1.0" is positive in both (it was not)."""
+    from streamwatch.decode import is_positive
+
+    positives = ["1", "true", "yes"]
+    assert is_positive(number, positives) == is_positive(str(number), positives)
+    assert is_positive(number, positives) == (number >= 0.5)
+
+
+def test_label_strings_and_booleans() -> None:
+    from streamwatch.decode import is_positive
+
+    positives = ["fraud", "1"]
+    assert is_positive("fraud", positives)
+    assert not is_positive("legit", positives)
+    assert is_positive("1.0", positives)
+    assert not is_positive("0.0", positives)
+    assert is_positive(True, positives)
+    assert not is_positive(False, positives)
