@@ -445,10 +445,14 @@ class Quality:
             scores = store.columns["value"][slots].astype(np.float64)
             positive = np.array([is_positive(v, spec.positive_labels) for v in labels])
             errors = ((scores >= threshold) != positive).astype(np.float64)
+            # the estimator the live estimate uses (calibrated by the version's profile),
+            # so that streamwatch_estimated_score_error measures the exported estimate
+            versions = [self.keys.names[int(k)][1] for k in keys[0].tolist()]
+            calibrated = self._calibrated(name, versions, scores)
 
             def counts(rows: IntArray) -> Counts:
                 return binary_counts(scores[rows], positive[rows], threshold) + _prefixed(
-                    estimated_counts(scores[rows], scores[rows], threshold)
+                    estimated_counts(scores[rows], calibrated[rows], threshold)
                 )
         elif spec.task == "regression":
             values = store.columns["value"][slots].astype(np.float64)

@@ -269,6 +269,32 @@ def test_the_estimate_calibrates_on_labelled_reference_data() -> None:
     assert abs(without - realized) > 0.05
 
 
+def test_the_estimate_error_measures_the_exported_calibrated_estimate() -> None:
+    """On labelled predictions, the estimate error compares the realized score with the
+    estimator /metrics exports (calibrated by the profile), not with the raw scores."""
+    rng = np.random.default_rng(4)
+    p = rng.beta(2, 2, 40_000)
+    y = rng.random(40_000) < p
+    scores = p**2  # miscalibrated: the raw estimate is far off, the calibrated one is not
+    signals = [Signal("feature", "x", "numeric"), Signal("prediction", "prediction", "numeric")]
+    profile = build_profile(
+        Lineage("m", "v1"),
+        signals,
+        {"feature:x": np.ones(20_000), "prediction:prediction": scores[:20_000]},
+        bins=10,
+    )
+    profile.calibration = calibration_map(scores[:20_000], y[:20_000])
+    q = Quality(settings(), {("m", "v1"): profile})
+    live = range(20_000, 24_000)
+    q.apply([pred(i, float(scores[i])) for i in live], [lab(i, float(y[i])) for i in live])
+    error = next(
+        v
+        for (_, _, sl, s, w, v) in q.snapshot().estimate_error
+        if sl == "__all__" and s == "accuracy" and w == "events_400"
+    )
+    assert abs(error) < 0.06  # with the raw scores it was 0.107 on this stream
+
+
 def test_multiclass_probabilities_give_losses_auc_and_an_estimate() -> None:
     classes = ["a", "b", "c"]
     q = Quality(
