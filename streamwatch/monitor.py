@@ -538,15 +538,30 @@ class Monitor:
 
     # -- what the exporter reads ----------------------------------------------------------
     def snapshot(self) -> Snapshot:
+        """The exporter's rows. Under the lock: the window totals summed over the owned
+        partitions (tables are replaced, never changed in place, so they can be read later)
+        and the detectors' values; outside it, the statistics, so a scrape never holds up a
+        batch for long and a batch never holds up a scrape."""
+        deferred: list[tuple[VersionState, WindowSpec, Table, bool]] = []
         with self._lock:
             snap = Snapshot(
                 [], [], [], [], [], [], [], [], dict(self.alarms), dict(self.last_alarm)
             )
             for key, version in self.versions.items():
-                self._snapshot_version(key, version, snap)
-            return snap
+                self._snapshot_version(key, version, snap, deferred)
+        for version, spec, total, first in deferred:
+            self._scores(version, spec, total, snap)
+            if first:
+                self._quality(version, total, snap)
+        return snap
 
-    def _snapshot_version(self, key: SegmentKey, version: VersionState, snap: Snapshot) -> None:
+    def _snapshot_version(
+        self,
+        key: SegmentKey,
+        version: VersionState,
+        snap: Snapshot,
+        deferred: list[tuple[VersionState, WindowSpec, Table, bool]],
+    ) -> None:
         model, model_version, slice_name = key
         snap.warmup.append((*key, version.warmup_ratio))
         if slice_name == ALL:
@@ -581,9 +596,7 @@ class Monitor:
                 total = total + window.total
             fill = max((window.fill for window in windows), default=0.0)
             snap.windows.append((*key, spec.name, total.events, fill))
-            self._scores(version, spec, total, snap)
-            if w_index == 0:
-                self._quality(version, total, snap)
+            deferred.append((version, spec, total, w_index == 0))
         self._detector_values(version, owned, snap)
 
     def _scores(

@@ -627,17 +627,35 @@ class Quality:
                 concept_alarms=dict(self.concept_alarms),
                 concept_last_alarm=dict(self.concept_last_alarm),
             )
-            for code, key in enumerate(self.keys.names):
-                self._window_scores(code, key, snap)
-            return snap
+            # window totals under the lock (counts are replaced, never changed in place);
+            # the scores from them outside it, so a scrape and a batch do not wait long
+            owned = list(self.partitions.values())
+            totals = [
+                (
+                    key,
+                    [
+                        (
+                            spec,
+                            _window_total([s.windows[code][w] for s in owned if code in s.windows]),
+                            _window_total(
+                                [s.estimates[code][w] for s in owned if code in s.estimates]
+                            ),
+                        )
+                        for w, spec in enumerate(self.settings.windows)
+                    ],
+                )
+                for code, key in enumerate(self.keys.names)
+            ]
+        for key, windows in totals:
+            self._window_scores(key, windows, snap)
+        return snap
 
-    def _window_scores(self, code: int, key: SliceKey, snap: QualitySnapshot) -> None:
+    def _window_scores(
+        self, key: SliceKey, windows: list[tuple[WindowSpec, Counts, Counts]], snap: QualitySnapshot
+    ) -> None:
         task = self.specs[key[0]].task
         minimum = self.settings.min_window_events
-        owned = self.partitions.values()
-        for w, spec in enumerate(self.settings.windows):
-            total = _window_total([s.windows[code][w] for s in owned if code in s.windows])
-            estimate = _window_total([s.estimates[code][w] for s in owned if code in s.estimates])
+        for spec, total, estimate in windows:
             if total.events >= minimum:
                 realized = _scores(task, total)
                 snap.scores += [

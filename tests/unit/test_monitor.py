@@ -252,3 +252,21 @@ def test_drift_in_one_slice_alarms_that_slice() -> None:
     assert not any(a.slice == "country=DE" for a in raised)
     first = min(a.offset for a in raised if a.slice == "country=IS")
     assert 20_000 <= first < 22_000  # about 2,000 events hold 200 of the slice's
+
+
+def test_a_scrape_computes_its_statistics_outside_the_engine_lock() -> None:
+    """A batch waits for a scrape only while the totals are copied, never while PSI, KS and
+    the rest are computed."""
+    held: list[bool] = []
+
+    class Watched(Monitor):
+        def _scores(self, *args: Any) -> None:
+            held.append(self._lock.locked())
+            super()._scores(*args)
+
+    monitor = Watched(SETTINGS)
+    for start in range(0, 6000, 500):
+        monitor.apply(batch(start, 500))
+    monitor.snapshot()
+    assert held
+    assert not any(held)

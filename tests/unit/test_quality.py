@@ -391,3 +391,18 @@ def test_multiclass_cells_are_exported_per_class_for_the_version() -> None:
         if s.name == "streamwatch_class_events_total"
     ]
     assert {s.labels["slice"] for s in per_slice} == {"__all__"}
+
+
+def test_a_scrape_scores_the_windows_outside_the_engine_lock() -> None:
+    held: list[bool] = []
+
+    class Watched(Quality):
+        def _window_scores(self, *args: Any) -> None:
+            held.append(self._lock.locked())
+            super()._window_scores(*args)
+
+    q = Watched(settings())
+    q.apply([pred(i, 0.9) for i in range(100)], [lab(i, 1.0) for i in range(100)])
+    q.snapshot()
+    assert held
+    assert not any(held)
