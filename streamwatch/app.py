@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
+from streamwatch.activity import Activity
 from streamwatch.baseline import load_profiles
 from streamwatch.config import Settings
 from streamwatch.exporter import (
@@ -49,8 +50,9 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> App:
     """The pipeline and its exporter, on a private registry unless one is given."""
     registry = registry or CollectorRegistry()
     profiles = load_profiles(settings)
-    quality = Quality(settings, profiles)
-    monitor = Monitor(settings, profiles, quality.slicers)  # quality counts slices in
+    activity = Activity(settings.exporter.retire_after_seconds)  # one clock for both sides
+    quality = Quality(settings, profiles, activity)
+    monitor = Monitor(settings, profiles, quality.slicers, activity)  # quality counts slices
     telemetry = Telemetry(registry, (settings.topics.predictions, settings.topics.labels))
     registry.register(MonitorCollector(monitor))
     registry.register(QualityCollector(quality))

@@ -280,6 +280,7 @@ class Monitor:
         settings: Settings,
         profiles: dict[VersionKey, Profile] | None = None,
         slicers: dict[str, Slicer] | None = None,
+        activity: Activity | None = None,
     ) -> None:
         self.drift = settings.drift
         self.specs = {m.name: m for m in settings.models}
@@ -300,7 +301,9 @@ class Monitor:
         self.alarms: dict[AlarmKey, int] = defaultdict(int)
         self.last_alarm: dict[AlarmKey, float] = {}
         self.alarm_log: deque[Alarm] = deque(maxlen=10_000)  # the latest, for logs and demo
-        self.activity = Activity(settings.exporter.retire_after_seconds)
+        # the quality side's clock when given (the pipeline retires both sides at once)
+        self.owns_activity = activity is None
+        self.activity = activity or Activity(settings.exporter.retire_after_seconds)
         self._lock = threading.Lock()
 
     # -- partition ownership ------------------------------------------------------------
@@ -347,10 +350,16 @@ class Monitor:
             self.activity.forget((model, version))
             self._forget(lambda segment: segment[:2] == (model, version))
 
+    def retire(self, idle: list[VersionKey]) -> None:
+        """Forget these idle model versions (the shared clock said so)."""
+        gone = set(idle)
+        with self._lock:
+            self._forget(lambda segment: segment[:2] in gone)
+
     def _retire_idle_versions(self) -> None:
         """Forget idle model versions (:mod:`streamwatch.activity`): their series leave
         /metrics; if one comes back, it starts over (a new warm-up, or its profile)."""
-        idle = set(self.activity.take_idle())
+        idle = set(self.activity.take_idle()) if self.owns_activity else set()
         if idle:
             self._forget(lambda segment: segment[:2] in idle)
         # slice values the quality side stopped tracking

@@ -173,7 +173,10 @@ class Quality:
     """The label side of the engine, for every configured model."""
 
     def __init__(
-        self, settings: Settings, profiles: dict[tuple[str, str], Profile] | None = None
+        self,
+        settings: Settings,
+        profiles: dict[tuple[str, str], Profile] | None = None,
+        activity: Activity | None = None,
     ) -> None:
         self.profiles = profiles or {}
         self.settings: QualitySettings = settings.quality
@@ -199,7 +202,10 @@ class Quality:
         self.duplicate_predictions: dict[str, int] = defaultdict(int)
         self.concept_alarms: dict[tuple[str, str, str, str], int] = defaultdict(int)
         self.concept_last_alarm: dict[tuple[str, str, str, str], float] = {}
-        self.activity = Activity(settings.exporter.retire_after_seconds)
+        # One clock for the drift and the quality side (given: the pipeline retires idle
+        # versions from both at once); without one, this side retires on its own.
+        self.owns_activity = activity is None
+        self.activity = activity or Activity(settings.exporter.retire_after_seconds)
         self._delays: list[tuple[str, float]] = []
         self._lock = threading.Lock()
 
@@ -562,9 +568,16 @@ class Quality:
 
     def _retire_idle_versions(self) -> None:
         """Forget idle model versions (:mod:`streamwatch.activity`): their series leave
-        /metrics."""
-        for model, version in self.activity.take_idle():
-            self._retire_version(model, version, None)
+        /metrics. With a shared clock the pipeline does it (:meth:`retire`)."""
+        if self.owns_activity:
+            for model, version in self.activity.take_idle():
+                self._retire_version(model, version, None)
+
+    def retire(self, idle: list[tuple[str, str]]) -> None:
+        """Forget these idle model versions (the shared clock said so)."""
+        with self._lock:
+            for model, version in idle:
+                self._retire_version(model, version, None)
 
     def _retire_version(self, model: str, version: str, successor: tuple[str, str] | None) -> None:
         for key, code in [(k, c) for k, c in self.keys.codes.items() if k[:2] == (model, version)]:

@@ -160,8 +160,21 @@ class Pipeline:
             )
         for model, delay in self.quality.take_label_delays():
             self.telemetry.label_delay.labels(model).observe(delay)
+        self._retire_idle_versions()
         self._count(self.topics.predictions, predictions, labels)
         return Outcome(rejected, alarms, concept_alarms)
+
+    def _retire_idle_versions(self) -> None:
+        """One clock for both sides (predictions and joined labels): an idle version leaves
+        the drift and the quality series together."""
+        shared = self.quality.activity
+        if self.quality.owns_activity or self.monitor.activity is not shared:
+            return  # each side keeps its own clock (built apart, as in some tests)
+        idle = shared.take_idle()
+        if idle:
+            log.info("retiring idle model versions %s", idle)
+            self.monitor.retire(idle)
+            self.quality.retire(idle)
 
     def _cap_versions(self, predictions: list[Prediction]) -> list[Prediction]:
         capped, overflow = self.versions.apply(predictions)
