@@ -1,8 +1,10 @@
 """Baseline: build a model version's reference profile from training or validation data.
 
-Rows come from JSONL (contract-shaped events with a ``features`` object, or flat records),
-CSV (a header row; empty cells are missing) or Parquet (with the ``parquet`` extra). A flat
-row holds each feature under its name and the model's output under ``prediction``.
+Rows come from JSONL (prediction events, read through the ``contract:`` mapping with their
+label when they carry one, or flat records), CSV (a header row; empty cells are missing) or
+Parquet (with the ``parquet`` extra). A flat row holds each feature under its name, the
+model's output under ``prediction`` and, optionally, the truth under ``label``. Labels are
+positive by the worker's own rule (:func:`streamwatch.decode.is_positive`).
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from streamwatch.config import ModelSpec, Settings
-from streamwatch.decode import is_positive
+from streamwatch.config import ContractSettings, ModelSpec, Settings
+from streamwatch.decode import flat_row, is_positive
 from streamwatch.errors import ConfigError, ConfigProblem, StreamwatchError
 from streamwatch.monitor import signals_of
 from streamwatch.progress import Progress
@@ -39,7 +41,10 @@ def file_hash(path: Path) -> str:
     return f"sha256:{digest.hexdigest()[:16]}"
 
 
-def read_rows(path: Path) -> Iterator[dict[str, Any]]:
+def read_rows(path: Path, contract: ContractSettings | None = None) -> Iterator[dict[str, Any]]:
+    """Flat rows of a data file. A JSONL line shaped like a prediction event is read through
+    the ``contract:`` mapping (features, prediction, label), as the worker reads it."""
+    contract = contract or ContractSettings()
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson", ".json"):
         with path.open("rb") as f:
@@ -52,9 +57,7 @@ def read_rows(path: Path) -> Iterator[dict[str, Any]]:
                     raise DataError(f"{path}:{number}: not JSON ({error})") from None
                 if not isinstance(row, dict):
                     raise DataError(f"{path}:{number}: not a JSON object")
-                if isinstance(row.get("features"), dict):
-                    row = {**row["features"], "prediction": row.get("prediction")}
-                yield row
+                yield flat_row(row, contract) or row
     elif suffix == ".csv":
         with path.open(newline="", encoding="utf-8") as f:
             for row in csv.DictReader(f):
@@ -113,7 +116,7 @@ def build(
         names = ", ".join(m.name for m in settings.models)
         raise DataError(f"model {model!r} is not in the config (it has: {names})")
     signals = signals_of(spec)
-    rows = list(read_rows(data))
+    rows = list(read_rows(data, settings.contract))
     if not rows:
         raise DataError(f"{data}: no rows")
     progress = Progress(len(signals), "profiling signals")

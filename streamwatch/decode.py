@@ -15,7 +15,13 @@ from typing import Any, Protocol
 
 import orjson
 
-from streamwatch.config import LabelFields, ModelSpec, PredictionFields, Settings
+from streamwatch.config import (
+    ContractSettings,
+    LabelFields,
+    ModelSpec,
+    PredictionFields,
+    Settings,
+)
 
 #: Every reason a message can be rejected for (the ``reason`` label of
 #: ``streamwatch_events_invalid_total`` and the dead-letter header).
@@ -155,6 +161,24 @@ def compile_field(ref: str) -> Getter:
         return node
 
     return path
+
+
+def flat_row(doc: dict[str, Any], contract: ContractSettings) -> dict[str, Any] | None:
+    """A contract-shaped prediction, with its label if it carries one, as a flat training
+    row (features by name, ``prediction``, ``label``), through the ``contract:`` mapping;
+    None when ``doc`` is not one (it has no features object). A multiclass
+    ``{"class": c, "scores": ...}`` prediction becomes its class. For ``baseline``."""
+    p = contract.predictions
+    features = compile_field(p.features)(doc, None, None)
+    if not isinstance(features, dict):
+        return None
+    prediction = compile_field(p.prediction)(doc, None, None)
+    if isinstance(prediction, dict):
+        prediction = prediction.get("class")
+    label = compile_field(contract.labels.label)(doc, None, None)
+    row = {**features, "prediction": None if prediction is _MISSING else prediction}
+    row["label"] = None if label is _MISSING else label
+    return row
 
 
 def _utf8(raw: bytes, where: str) -> str:

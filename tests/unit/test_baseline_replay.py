@@ -351,3 +351,59 @@ def test_replay_goes_through_the_workers_stages(tmp_path: Path) -> None:
     first = min(a["event_time"] for a in concept if a["slice"] == "country=IS")
     assert first > "2026-09-21T15:20"  # after the change (event 4,000 is at 15:20:00 UTC)
     assert [a["event_time"] for a in alarms] == sorted(a["event_time"] for a in alarms)
+
+
+def test_baseline_reads_events_through_the_contract_with_their_labels(tmp_path: Path) -> None:
+    """Events shaped by the contract (renamed fields), labels included, and multiclass
+    predictions as {"class", "scores"}: read as the worker reads them."""
+    rng = np.random.default_rng(5)
+    rows = []
+    for _ in range(2000):
+        p = float(rng.uniform())
+        rows.append(
+            orjson.dumps(
+                {
+                    "inputs": {"amount": float(rng.normal(100, 15)), "age": 40.0, "country": "DE"},
+                    "output": {"score": p},
+                    "outcome": bool(rng.random() < p),
+                }
+            )
+        )
+    (tmp_path / "binary.jsonl").write_bytes(b"\n".join(rows) + b"\n")
+    contract = {
+        "predictions": {"features": "inputs", "prediction": "output.score"},
+        "labels": {"label": "outcome"},
+    }
+    config = {"models": [MODEL], "contract": contract}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    out = tmp_path / "binary.json"
+    result = run_cli(
+        "baseline", "--config", str(tmp_path / "c.yaml"), "--data", str(tmp_path / "binary.jsonl"),
+        "--model", "fraud", "--model-version", "v1", "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    body = json.loads(out.read_text())
+    assert abs(body["signals"]["feature:amount"]["mean"] - 100) < 2
+    assert body["signals"]["prediction:prediction"]["count"] == 2000
+    assert body["calibration"] is not None  # the labels came through the mapping
+
+    multiclass = {**MODEL, "name": "kind", "task": "multiclass", "classes": ["a", "b"]}
+    classes = [
+        orjson.dumps(
+            {
+                "features": {"amount": 1.0, "age": 2.0, "country": "DE"},
+                "prediction": {"class": c, "scores": {"a": 0.7, "b": 0.3}},
+            }
+        )
+        for c in ["a", "b", "a"] * 100
+    ]
+    (tmp_path / "multi.jsonl").write_bytes(b"\n".join(classes) + b"\n")
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump({"models": [multiclass]}))
+    out = tmp_path / "multi.json"
+    result = run_cli(
+        "baseline", "--config", str(tmp_path / "m.yaml"), "--data", str(tmp_path / "multi.jsonl"),
+        "--model", "kind", "--model-version", "v1", "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    prediction = json.loads(out.read_text())["signals"]["prediction:prediction"]
+    assert prediction["categories"] == ["a", "b"]
