@@ -124,20 +124,29 @@ def _river(name: str) -> Any:
 class Keys:
     """Interned (model, version, slice) keys: pending predictions store small integers.
 
-    A retired code is never reused: pending predictions may still carry it, and
+    A retired code stays reserved while pending predictions may still carry it:
     :meth:`resolve` sends them to the key that now stands for them (``NAME:__other__`` for a
-    slice value no longer tracked; a fresh code for a version that comes back)."""
+    slice value no longer tracked; a fresh code for a version that comes back). Once no
+    pending prediction carries it (:meth:`sweep`), the code is free for a new key, so churn
+    of versions and slice values does not grow the table for ever."""
 
     def __init__(self) -> None:
         self.codes: dict[SliceKey, int] = {}
         self.names: list[SliceKey] = []
         self.retired: dict[int, SliceKey] = {}  # code -> the key its events now count under
+        self._free: list[int] = []
+        self._swept = 0  # retired codes left by the last sweep
 
     def code(self, key: SliceKey) -> int:
         code = self.codes.get(key)
         if code is None:
-            code = self.codes[key] = len(self.names)
-            self.names.append(key)
+            if self._free:
+                code = self._free.pop()
+                self.names[code] = key
+            else:
+                code = len(self.names)
+                self.names.append(key)
+            self.codes[key] = code
         return code
 
     def retire(self, code: int, successor: SliceKey) -> None:
@@ -153,6 +162,20 @@ class Keys:
             if successor is not None:
                 out[codes == code] = self.code(successor)
         return out
+
+    def wants_sweep(self) -> bool:
+        """Enough codes retired since the last sweep to pay for a scan of the pending
+        predictions (the threshold doubles with what a sweep leaves: amortised)."""
+        return len(self.retired) >= 2 * self._swept + 256
+
+    def sweep(self, referenced: set[int]) -> int:
+        """Free the retired codes no pending prediction carries; return how many."""
+        freed = [code for code in self.retired if code not in referenced]
+        for code in freed:
+            del self.retired[code]
+            self._free.append(code)
+        self._swept = len(self.retired)
+        return len(freed)
 
 
 @dataclass
@@ -251,7 +274,20 @@ class Quality:
             self._release_idle()
             self._enforce_hold_budget()
             self._retire_idle_versions()
+            self._sweep_keys()
         return alarms
+
+    def _sweep_keys(self) -> None:
+        """Now and then, free the retired key codes no pending prediction carries."""
+        if not self.keys.wants_sweep():
+            return
+        referenced: set[int] = set()
+        for state in self.partitions.values():
+            for name, store in state.pending.items():
+                live = np.fromiter(store.slots.values(), dtype=np.int64, count=len(store))
+                for j in range(1 + len(self.specs[name].slices)):
+                    referenced.update(np.unique(store.columns[f"key{j}"][live]).tolist())
+        self.keys.sweep(referenced)
 
     def _store(self, state: PartitionQuality, predictions: list[Prediction]) -> list[Label]:
         """Add predictions to the pending store; return the early labels now matched."""
@@ -578,6 +614,7 @@ class Quality:
         with self._lock:
             for model, version in idle:
                 self._retire_version(model, version, None)
+            self._sweep_keys()
 
     def _retire_version(self, model: str, version: str, successor: tuple[str, str] | None) -> None:
         for key, code in [(k, c) for k, c in self.keys.codes.items() if k[:2] == (model, version)]:
@@ -657,7 +694,7 @@ class Quality:
                         for w, spec in enumerate(self.settings.windows)
                     ],
                 )
-                for code, key in enumerate(self.keys.names)
+                for key, code in self.keys.codes.items()  # live keys only
             ]
         for key, windows in totals:
             self._window_scores(key, windows, snap)

@@ -406,3 +406,20 @@ def test_a_scrape_scores_the_windows_outside_the_engine_lock() -> None:
     q.snapshot()
     assert held
     assert not any(held)
+
+
+def test_key_codes_of_retired_versions_are_reused_once_nothing_carries_them() -> None:
+    """Churn: 1,000 versions, each active for a moment. Their codes are freed once their
+    pending predictions are gone, so the key table stays bounded (it grew for ever)."""
+    q = Quality(settings(exporter={"retire_after_seconds": 600}))
+    for v in range(1000):
+        t = T0 + v * 100.0
+        version = f"v{v}"
+        q.apply(
+            [pred(v * 5 + k, 0.9, t=t, version=version) for k in range(5)],
+            [lab(v * 5, 1.0, t=t)],
+        )
+    live = {key[1] for key in q.keys.codes}
+    assert len(live) <= 8  # versions seen in the last 600 s (and __other__ keys)
+    assert len(q.keys.names) < 600  # without reuse: 2,000 (two keys per version)
+    assert ("m", "v999", "__all__") in q.snapshot().totals  # the live versions still count
