@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import math
 import operator
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -260,6 +261,7 @@ class Decision:
     exit_code: int
     checks: list[Result]
     lineage: dict[str, dict[str, str]] = field(default_factory=dict)  # version -> labels
+    evaluated_at: float = 0.0  # the instant every query was evaluated at (Unix seconds)
     decided_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     streamwatch_version: str = __version__
 
@@ -288,12 +290,16 @@ class Decision:
 class Prometheus:
     """Instant queries against Prometheus's HTTP API."""
 
-    def __init__(self, url: str, timeout: float = 10.0) -> None:
+    def __init__(self, url: str, timeout: float = 10.0, at: float | None = None) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self.at = at  # evaluation time of every query (None: Prometheus's now)
 
     def query(self, promql: str) -> list[dict[str, Any]]:
-        address = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+        params: dict[str, str] = {"query": promql}
+        if self.at is not None:
+            params["time"] = f"{self.at:.3f}"
+        address = f"{self.url}/api/v1/query?" + urllib.parse.urlencode(params)
         try:
             with urllib.request.urlopen(address, timeout=self.timeout) as response:
                 body = json.loads(response.read())
@@ -328,6 +334,10 @@ def decide(
         names = ", ".join(m.name for m in settings.models)
         raise GateError(f"model {model!r} is not in the config (it has: {names})")
     window = window or settings.gate.window
+    # Every check at one instant: a decision on one consistent view, which the promotion
+    # record names (increase() over a window drifts as the window slides).
+    if prometheus.at is None:
+        prometheus = Prometheus(prometheus.url, prometheus.timeout, round(time.time(), 3))
     known = f'count(streamwatch_predictions_total{{model="{_label(model)}"}})'
     if not prometheus.query(known):
         raise GateError(
@@ -368,6 +378,7 @@ def decide(
         EXIT_CODES[verdict],
         results,
         lineage,
+        prometheus.at or 0.0,
     )
 
 

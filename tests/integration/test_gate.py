@@ -200,7 +200,9 @@ def test_it_cannot_ask_an_unreachable_prometheus_or_of_an_unknown_model(live: An
     assert "no series of model 'nobody'" in result.stderr
 
 
-def _argo(servers: Servers, template: dict[str, Any], args: dict[str, str]) -> dict[str, Any]:
+def _argo(
+    servers: Servers, template: dict[str, Any], args: dict[str, str], at: float
+) -> dict[str, Any]:
     """Each metric of the AnalysisTemplate as Argo Rollouts measures it: the query with its
     arguments, then success (pass), failure (fail) or neither (inconclusive: wait)."""
     defaults = {a["name"]: a.get("value", "") for a in template["spec"]["args"]}
@@ -210,7 +212,7 @@ def _argo(servers: Servers, template: dict[str, Any], args: dict[str, str]) -> d
         query = metric["provider"]["prometheus"]["query"]
         for name, value in values.items():
             query = query.replace("{{args." + name + "}}", value)
-        body = get(servers.prom_port, "/api/v1/query?" + _encode(query))
+        body = get(servers.prom_port, "/api/v1/query?" + _encode(query, at))
         assert body is not None
         result = [float(r["value"][1]) for r in json.loads(body)["data"]["result"]]
 
@@ -229,10 +231,10 @@ def _argo(servers: Servers, template: dict[str, Any], args: dict[str, str]) -> d
     return measured
 
 
-def _encode(query: str) -> str:
+def _encode(query: str, at: float) -> str:
     import urllib.parse
 
-    return urllib.parse.urlencode({"query": query})
+    return urllib.parse.urlencode({"query": query, "time": f"{at:.3f}"})
 
 
 @pytest.mark.parametrize(("candidate", "exit_code"), [("v2", 0), ("v3", 1), ("v4", 2)])
@@ -245,7 +247,9 @@ def test_the_analysis_template_measures_what_the_gate_decides(
     template = yaml.safe_load(rendered.stdout)
     code, record = _gate(servers, config, "--candidate", candidate, "--baseline", "v1")
     assert code == exit_code
-    measured = _argo(servers, template, {"candidate": candidate, "baseline": "v1"})
+    # at the instant the gate evaluated its checks: the same data, the same answer
+    args = {"candidate": candidate, "baseline": "v1"}
+    measured = _argo(servers, template, args, record["evaluated_at"])
     for check in record["checks"]:
         query, value, verdict = measured[check["name"]]
         assert query == check["query"]  # one PromQL for both
@@ -254,7 +258,7 @@ def test_the_analysis_template_measures_what_the_gate_decides(
         if math.isnan(gate_value):
             assert math.isnan(value)
         else:
-            assert value == pytest.approx(gate_value, rel=0.05, abs=1e-3), check["name"]
+            assert value == pytest.approx(gate_value, rel=1e-9, abs=1e-12), check["name"]
 
 
 def test_the_table_says_each_check_its_value_rule_and_verdict(live: Any) -> None:
