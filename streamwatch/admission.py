@@ -44,6 +44,9 @@ class EventClock:
         self.max_lateness = settings.event_time.max_lateness_seconds
         self.clock = clock
         self.watermarks: dict[tuple[str, int], float] = {}
+        # the event time of the last record admitted, in arrival order: what the alignment
+        # of the two topics reads (one outlier moves the watermark for good, not this)
+        self.latest: dict[tuple[str, int], float] = {}
         self._horizon = clock() + self.max_future
 
     def start_batch(self) -> None:
@@ -68,11 +71,13 @@ class EventClock:
                 f"event time {timestamp:.0f} is more than event_time.max_lateness_seconds="
                 f"{self.max_lateness:g} behind the partition's watermark {watermark:.0f}",
             )
+        self.latest[key] = timestamp
         return None
 
     def forget(self, topic: str, partition: int) -> None:
         """A revoked partition's watermark goes with it (its next owner starts anew)."""
         self.watermarks.pop((topic, partition), None)
+        self.latest.pop((topic, partition), None)
 
 
 class VersionCap:

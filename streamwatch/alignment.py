@@ -13,8 +13,13 @@ holds the other back).
     labels p:      ──────────────────●  (watermark 12:40)      paused: ahead by > align
     predictions p: ─────────●            (watermark 12:00, lag > 0)
 
-Pure logic: the worker passes the watermarks (from admission) and the lags, and pauses and
-resumes what :meth:`Alignment.ahead` returns.
+Event time here is the last record read on each partition (arrival order), not the highest:
+one record stamped an hour ahead (admission lets up to ``max_future_seconds`` through) moves
+it only until the next record. And no partition is held longer than ``MAX_HOLD_SECONDS`` of
+wall-clock time at a stretch: whatever the data, it reads at least one more batch then.
+
+Pure logic: the worker passes the event times (from admission), the lags and the clock, and
+pauses and resumes what :meth:`Alignment.update` returns.
 """
 
 from __future__ import annotations
@@ -22,12 +27,35 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 TopicPartitionKey = tuple[str, int]
+MAX_HOLD_SECONDS = 30.0  # wall clock: a held partition then reads at least one batch
 
 
 class Alignment:
     def __init__(self, predictions: str, labels: str, align_seconds: float) -> None:
         self.pairs = ((predictions, labels), (labels, predictions))
         self.align_seconds = align_seconds
+        self.held: dict[TopicPartitionKey, float] = {}  # held partitions, since when
+
+    def update(
+        self,
+        partitions: Iterable[int],
+        event_times: Mapping[TopicPartitionKey, float],
+        lags: Mapping[TopicPartitionKey, int],
+        now: float,
+    ) -> tuple[set[TopicPartitionKey], set[TopicPartitionKey]]:
+        """The partitions to pause and to resume now. One held for ``MAX_HOLD_SECONDS`` is
+        let go for a batch."""
+        ahead = self.ahead(partitions, event_times, lags, self.held)
+        expired = {k for k in ahead & self.held.keys() if now - self.held[k] >= MAX_HOLD_SECONDS}
+        ahead -= expired
+        pause = ahead - self.held.keys()
+        resume = set(self.held) - ahead
+        self.held = {k: self.held.get(k, now) for k in ahead}
+        return pause, resume
+
+    def reset(self) -> None:
+        """A new assignment starts with nothing held."""
+        self.held = {}
 
     def ahead(
         self,

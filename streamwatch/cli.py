@@ -448,6 +448,9 @@ def _demo(args: argparse.Namespace) -> int:
     if args.produce_only:
         from streamwatch.demo import produce_live
 
+        if not (args.rate > 0 and args.events > 0):
+            raise StreamwatchError("--produce-only needs --rate > 0 and --events > 0")
+
         if args.config:
             settings = _load(args.config)
         bootstrap = args.bootstrap_servers or settings.kafka.bootstrap_servers

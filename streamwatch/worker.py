@@ -240,7 +240,6 @@ class Worker:
         self.alignment = (
             None if align is None else Alignment(topics.predictions, topics.labels, align)
         )
-        self._held_back: set[tuple[str, int]] = set()  # paused by the alignment
         self._stopping = False
 
     def check(self) -> None:
@@ -322,7 +321,8 @@ class Worker:
         if self._paused:
             log.info("dead letters acknowledged; resuming consumption")
             self.source.resume()
-            self._held_back = set()  # the next batch pauses what is still ahead
+            if self.alignment is not None:
+                self.alignment.reset()  # the next batch pauses what is still ahead
             self._paused = False
         self.source.commit(wait)
         return True
@@ -332,13 +332,14 @@ class Worker:
         if self.alignment is None or self._paused or not self.source.assignment:
             return
         partitions = {tp.partition for tp in self.source.assignment}
-        ahead = self.alignment.ahead(partitions, self.pipeline.clock.watermarks, self.source.lag())
-        if ahead == self._held_back:
+        pause, resume = self.alignment.update(
+            partitions, self.pipeline.clock.latest, self.source.lag(), time.monotonic()
+        )
+        if not (pause or resume):
             return
-        self.source.resume(self._held_back - ahead)
-        self.source.pause(ahead - self._held_back)
-        self._held_back = ahead
-        counts = Counter(topic for topic, _ in ahead)
+        self.source.resume(resume)
+        self.source.pause(pause)
+        counts = Counter(topic for topic, _ in self.alignment.held)
         for topic in self.source.topics:
             self.telemetry.paused.labels(topic).set(counts.get(topic, 0))
 
@@ -421,7 +422,8 @@ class Worker:
         self._set_assigned([])
 
     def _set_assigned(self, partitions: list[TopicPartition]) -> None:
-        self._held_back = set()
+        if self.alignment is not None:
+            self.alignment.reset()
         counts = Counter(tp.topic for tp in partitions)
         for topic in self.source.topics:
             self.telemetry.assigned.labels(topic).set(counts.get(topic, 0))

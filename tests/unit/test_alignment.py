@@ -58,3 +58,19 @@ def test_never_both_topics_of_a_partition(
         [0], {(P, 0): wp, (L, 0): wl}, {(P, 0): lag_p, (L, 0): lag_l}, held
     )
     assert len(paused) <= 1
+
+
+def test_no_partition_is_held_longer_than_the_limit() -> None:
+    """A label stamped close to max_future_seconds ahead holds its partition back, but only
+    for MAX_HOLD_SECONDS of wall clock: then it reads a batch, and with it newer event
+    times than the outlier's."""
+    from streamwatch.alignment import MAX_HOLD_SECONDS
+
+    align = Alignment(P, L, align_seconds=10)
+    lags = {(P, 0): 100, (L, 0): 100}
+    outlier = {(P, 0): 1000.0, (L, 0): 1000.0 + 3500}
+    assert align.update([0], outlier, lags, now=0.0) == ({(L, 0)}, set())
+    assert align.update([0], outlier, lags, now=MAX_HOLD_SECONDS - 1) == (set(), set())
+    assert align.update([0], outlier, lags, now=MAX_HOLD_SECONDS) == (set(), {(L, 0)})
+    back = {(P, 0): 1001.0, (L, 0): 1002.0}  # the next labels are ordinary again
+    assert align.update([0], back, lags, now=MAX_HOLD_SECONDS + 1) == (set(), set())

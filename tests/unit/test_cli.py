@@ -153,3 +153,12 @@ def test_a_port_in_use_is_one_clear_message_and_exit_2(tmp_path: Path) -> None:
     assert f"cannot serve /metrics on 127.0.0.1:{port}" in result.stderr
     assert "exporter.port" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_demo_producer_refuses_a_rate_or_round_of_zero() -> None:
+    from tests.conftest import run_cli
+
+    for flag in ("--rate", "--events"):
+        result = run_cli("demo", "--produce-only", "--bootstrap-servers", "127.0.0.1:1", flag, "0")
+        assert result.returncode == 2
+        assert "--rate > 0 and --events > 0" in result.stderr

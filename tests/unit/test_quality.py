@@ -13,7 +13,7 @@ from streamwatch.config import parse_settings
 from streamwatch.decode import Label, Prediction
 from streamwatch.exporter import QualityCollector
 from streamwatch.quality import Quality
-from streamwatch.reference import Lineage, Signal, build_profile, calibration_map
+from streamwatch.reference import Lineage, Profile, Signal, build_profile, calibration_map
 
 T0 = 1_790_000_000.0
 
@@ -237,10 +237,10 @@ def test_revoking_a_partition_drops_its_pending_predictions() -> None:
     assert q.snapshot().pending == {"m": 1}
 
 
-def test_the_estimate_calibrates_on_labelled_reference_data() -> None:
-    """A model whose scores are miscalibrated (score = p^2): with a calibration map from
-    labelled reference data the estimate finds the true accuracy; without one it cannot."""
-    rng = np.random.default_rng(3)
+def _miscalibrated(seed: int) -> tuple[Any, Any, Profile]:
+    """40,000 scores p^2 of true probabilities p, their labels, and a profile whose
+    calibration map is fitted on the first 20,000."""
+    rng = np.random.default_rng(seed)
     p = rng.beta(2, 2, 40_000)
     y = rng.random(40_000) < p
     scores = p**2
@@ -252,6 +252,13 @@ def test_the_estimate_calibrates_on_labelled_reference_data() -> None:
         bins=10,
     )
     profile.calibration = calibration_map(scores[:20_000], y[:20_000])
+    return scores, y, profile
+
+
+def test_the_estimate_calibrates_on_labelled_reference_data() -> None:
+    """A model whose scores are miscalibrated (score = p^2): with a calibration map from
+    labelled reference data the estimate finds the true accuracy; without one it cannot."""
+    scores, y, profile = _miscalibrated(seed=3)
     live = [pred(i, float(scores[i])) for i in range(20_000, 40_000)]
     realized = float(np.mean((scores[20_000:] >= 0.5) == y[20_000:]))
 
@@ -272,18 +279,7 @@ def test_the_estimate_calibrates_on_labelled_reference_data() -> None:
 def test_the_estimate_error_measures_the_exported_calibrated_estimate() -> None:
     """On labelled predictions, the estimate error compares the realized score with the
     estimator /metrics exports (calibrated by the profile), not with the raw scores."""
-    rng = np.random.default_rng(4)
-    p = rng.beta(2, 2, 40_000)
-    y = rng.random(40_000) < p
-    scores = p**2  # miscalibrated: the raw estimate is far off, the calibrated one is not
-    signals = [Signal("feature", "x", "numeric"), Signal("prediction", "prediction", "numeric")]
-    profile = build_profile(
-        Lineage("m", "v1"),
-        signals,
-        {"feature:x": np.ones(20_000), "prediction:prediction": scores[:20_000]},
-        bins=10,
-    )
-    profile.calibration = calibration_map(scores[:20_000], y[:20_000])
+    scores, y, profile = _miscalibrated(seed=4)  # the raw estimate is far off
     q = Quality(settings(), {("m", "v1"): profile})
     live = range(20_000, 24_000)
     q.apply([pred(i, float(scores[i])) for i in live], [lab(i, float(y[i])) for i in live])
