@@ -126,6 +126,15 @@ class EventTimeSettings(_Section):
     # Read the two topics in step: a partition further ahead than this (event time) of its
     # co-partition on the other topic waits while that one has messages left; null: never.
     align_seconds: float | None = Field(default=10, ge=0)
+    # The engine sees records in one order, whatever the partitioning (streamwatch/ordering):
+    # a record waits until every owned partition has read past its event time by this much
+    # (the disorder tolerated within a partition), ...
+    reorder_seconds: float = Field(default=1, ge=0)
+    # ... a partition with nothing left to read and silent this long (wall clock) holds
+    # nobody back, ...
+    idle_seconds: float = Field(default=5, gt=0)
+    # ... and past this many records waiting (a stalled partition), the oldest go anyway.
+    max_waiting_events: int = Field(default=200_000, ge=1000)
 
 
 class KafkaSettings(_Section):

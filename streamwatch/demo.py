@@ -56,6 +56,7 @@ def run_in_memory(app: App, scenario: Scenario) -> DemoResult:
         with app.pipeline.telemetry.batch_duration.time():
             app.pipeline.process(numbered, None)
         progress.update(app.pipeline.processed)
+    app.pipeline.drain()  # the stream ends: what waits for later records is applied now
     progress.close()
     return _result(app)
 
@@ -166,6 +167,7 @@ def run_on_kafka(app: App, scenario: Scenario, bootstrap_servers: str) -> DemoRe
     watcher.start()
     worker.run(stop)
     watcher.join()
+    app.pipeline.drain()  # the stream ends: what waits for later records is applied now
     consuming.close()
     return _result(app)
 

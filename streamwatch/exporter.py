@@ -90,9 +90,33 @@ class Telemetry:
             ["topic"],
             registry=registry,
         )
+        self.waiting = Gauge(
+            "streamwatch_events_waiting",
+            "Admitted records waiting for the other partitions to pass their event time "
+            "(event_time.reorder_seconds), so that the engine sees one order.",
+            ["topic"],
+            registry=registry,
+        )
+        self.out_of_order = Counter(
+            "streamwatch_events_out_of_order",
+            "Records older than records already applied (more out of order than "
+            "event_time.reorder_seconds): applied with the next release, out of the one order.",
+            ["topic"],
+            registry=registry,
+        )
+        self.forced = Counter(
+            "streamwatch_events_forced",
+            "Records applied before every partition passed them, because more than "
+            "event_time.max_waiting_events were waiting (a stalled partition).",
+            ["topic"],
+            registry=registry,
+        )
         for topic in topics:
             self.assigned.labels(topic).set(0)
             self.paused.labels(topic).set(0)
+            self.waiting.labels(topic).set(0)
+            self.out_of_order.labels(topic)
+            self.forced.labels(topic)
         self.label_delay = Histogram(
             "streamwatch_label_delay_seconds",
             "Label event time minus prediction event time, per joined pair.",

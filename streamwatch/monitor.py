@@ -4,11 +4,12 @@ Per segment (worker-wide): its signals (features and the prediction), its refere
 profile (from a file, or built from its first ``warmup_events`` events) and lineage. A
 segment is a model version (slice ``__all__``), or, for slices configured with
 ``drift: true``, one tracked value of the slice within a version, which warms up its own
-reference from its own events. Per ``(predictions partition, segment)``: the windows
-(additive count tables) and the sequential detectors, so this state can move with its
-partition on a rebalance.
+reference from its own events, and its windows (additive count tables) and sequential
+detectors. Segment state is shared by every partition the worker owns: the records come in
+one order (:mod:`streamwatch.ordering`), so the same events give the same alarms whatever
+the partition count.
 
-A batch goes, per (model version, partition) group::
+A batch goes, per model version group::
 
     extract columns  ->  bin / normal scores / category codes (numpy, once per batch)
         -> windows: add one table per window (and per time bucket)
@@ -16,7 +17,7 @@ A batch goes, per (model version, partition) group::
         -> alarms (counters, with the event that raised them)
 
 Windowed statistics (PSI, KS, mean shift, JS, chi-square) are computed at snapshot time on
-the sum of the owned partitions' windows, and only when a window holds at least
+the segment's windows, and only when a window holds at least
 ``min_window_events``: otherwise the snapshot says why the score is absent.
 """
 
@@ -34,6 +35,7 @@ from streamwatch.activity import Activity, VersionKey
 from streamwatch.config import ModelSpec, Settings, WindowSpec
 from streamwatch.decode import Prediction, Rejection
 from streamwatch.detectors import Budget, Chi2Bank, Crossing, CusumBank, RiverBank
+from streamwatch.join import id_hash
 from streamwatch.reference import Lineage, Profile, Signal, bin_index, build_profile, uniforms
 from streamwatch.slices import ALL, OTHER, Slicer
 from streamwatch.statistics import (
@@ -195,12 +197,10 @@ class VersionState:
             self._rows = []
         return take
 
-    def code(
-        self, values: FloatArray, cats: Any, timestamps: FloatArray, offsets: IntArray
-    ) -> Coded:
+    def code(self, values: FloatArray, cats: Any, timestamps: FloatArray, keys: IntArray) -> Coded:
         assert self.profile is not None
         n = len(values)
-        u = uniforms(offsets)
+        u = uniforms(keys)
         width = self.layout.width
         z = np.full(values.shape, np.nan)
         bins = np.empty(values.shape, dtype=np.int64)
@@ -255,7 +255,7 @@ class VersionState:
 
 @dataclass
 class Detectors:
-    """A (partition, model version)'s sequential detectors."""
+    """A segment's sequential detectors."""
 
     cusum: CusumBank | None
     cusum_columns: list[int]
@@ -264,7 +264,7 @@ class Detectors:
 
 
 @dataclass
-class PartitionState:
+class SegmentState:
     windows: list[CountWindow | TimeWindow]
     detectors: Detectors
 
@@ -297,7 +297,7 @@ class Monitor:
             m.name: 1 + sum(s.max_values for s in m.slices if s.drift) for m in settings.models
         }
         self.versions: dict[SegmentKey, VersionState] = {}
-        self.partitions: dict[int, dict[SegmentKey, PartitionState]] = {}
+        self.states: dict[SegmentKey, SegmentState] = {}
         self.alarms: dict[AlarmKey, int] = defaultdict(int)
         self.last_alarm: dict[AlarmKey, float] = {}
         self.alarm_log: deque[Alarm] = deque(maxlen=10_000)  # the latest, for logs and demo
@@ -306,32 +306,21 @@ class Monitor:
         self.activity = activity or Activity(settings.exporter.retire_after_seconds)
         self._lock = threading.Lock()
 
-    # -- partition ownership ------------------------------------------------------------
-    def assign(self, partitions: Iterable[int]) -> None:
-        with self._lock:
-            for p in partitions:
-                self.partitions.setdefault(p, {})
-
-    def revoke(self, partitions: Iterable[int]) -> None:
-        with self._lock:
-            for p in partitions:
-                self.partitions.pop(p, None)
-
     # -- the batch ----------------------------------------------------------------------
     def apply(
         self, predictions: list[Prediction], rejections: Iterable[Rejection] = ()
     ) -> list[Alarm]:
         """Update with a batch; return the alarms it raised."""
-        groups: dict[tuple[str, str, int], list[Prediction]] = defaultdict(list)
+        groups: dict[tuple[str, str], list[Prediction]] = defaultdict(list)
         for p in predictions:
-            groups[(p.model, p.model_version, p.partition)].append(p)
+            groups[(p.model, p.model_version)].append(p)
         raised: list[Alarm] = []
         with self._lock:
-            for (model, version, partition), group in groups.items():
+            for (model, version), group in groups.items():
                 if version == OTHER:
                     continue  # many versions mixed: no reference, no detectors
-                raised += self._apply_group((model, version, ALL), partition, group)
-                raised += self._apply_slices(model, version, partition, group)
+                raised += self._apply_group((model, version, ALL), group)
+                raised += self._apply_slices(model, version, group)
                 self.activity.saw((model, version), max(p.timestamp for p in group))
             self._retire_idle_versions()
             self._count_type_errors(rejections)
@@ -372,15 +361,12 @@ class Monitor:
     def _forget(self, retired: Callable[[SegmentKey], bool]) -> None:
         for key in [k for k in self.versions if retired(k)]:
             del self.versions[key]
-            for states in self.partitions.values():
-                states.pop(key, None)
+            self.states.pop(key, None)
         for alarm in [a for a in self.alarms if retired(a[:3])]:
             del self.alarms[alarm]
             self.last_alarm.pop(alarm, None)
 
-    def _apply_slices(
-        self, model: str, version: str, partition: int, group: list[Prediction]
-    ) -> list[Alarm]:
+    def _apply_slices(self, model: str, version: str, group: list[Prediction]) -> list[Alarm]:
         """The group's events again, per tracked value of each slice with drift."""
         specs = self.drift_slices[model]
         if not specs:
@@ -398,7 +384,7 @@ class Monitor:
                 members[value].append(p)
             for value, events in members.items():
                 if not value.endswith(OTHER):  # the overflow mixes segments: not watched
-                    raised += self._apply_group((model, version, value), partition, events)
+                    raised += self._apply_group((model, version, value), events)
         return raised
 
     def _version(self, key: SegmentKey) -> VersionState:
@@ -431,7 +417,7 @@ class Monitor:
             key = (model, model_version, slice_name, signal.signal, signal.name, "chi2")
             self.alarms.setdefault(key, 0)
 
-    def _apply_group(self, key: SegmentKey, partition: int, group: list[Prediction]) -> list[Alarm]:
+    def _apply_group(self, key: SegmentKey, group: list[Prediction]) -> list[Alarm]:
         version = self._version(key)
         version.events += len(group)
         values, cats = version.layout.columns(group)
@@ -441,9 +427,11 @@ class Monitor:
             if not group:
                 return []
         timestamps = np.array([p.timestamp for p in group])
-        offsets = np.array([p.offset for p in group], dtype=np.int64)
-        coded = version.code(values, cats, timestamps, offsets)
-        state = self._partition_state(partition, version)
+        # the tie-breaking uniforms of the normal scores, keyed by the event's content (its
+        # id), not by its offset: the same event scores the same in any partition
+        keys = np.array([id_hash(p.prediction_id) for p in group], dtype=np.int64)
+        coded = version.code(values, cats, timestamps, keys)
+        state = self._segment_state(version)
         for window in state.windows:
             if isinstance(window, CountWindow):
                 window.add_rows(len(group), lambda rows: version.table(coded, rows))
@@ -454,16 +442,15 @@ class Monitor:
                 window.add(int(bucket), version.table(coded, buckets == bucket), newest)
         return self._detect(version, state.detectors, coded, group)
 
-    def _partition_state(self, partition: int, version: VersionState) -> PartitionState:
-        states = self.partitions.setdefault(partition, {})
-        state = states.get(version.key)
+    def _segment_state(self, version: VersionState) -> SegmentState:
+        state = self.states.get(version.key)
         if state is None:
             empty = version.empty_table()
             windows: list[CountWindow | TimeWindow] = [
                 CountWindow(w.events, empty) if w.events else TimeWindow(w.seconds or 0, empty)
                 for w in self.drift.windows
             ]
-            state = states[version.key] = PartitionState(windows, self._detectors(version))
+            state = self.states[version.key] = SegmentState(windows, self._detectors(version))
         return state
 
     def _detectors(self, version: VersionState) -> Detectors:
@@ -536,7 +523,7 @@ class Monitor:
                 continue
             key = (r.model, r.model_version, ALL)
             version = self.versions.get(key)
-            state = self.partitions.get(r.partition, {}).get(key)
+            state = self.states.get(key)
             if version is None or state is None:
                 continue  # before the reference exists there is no window to count in
             table = version.empty_table()
@@ -547,10 +534,10 @@ class Monitor:
 
     # -- what the exporter reads ----------------------------------------------------------
     def snapshot(self) -> Snapshot:
-        """The exporter's rows. Under the lock: the window totals summed over the owned
-        partitions (tables are replaced, never changed in place, so they can be read later)
-        and the detectors' values; outside it, the statistics, so a scrape never holds up a
-        batch for long and a batch never holds up a scrape."""
+        """The exporter's rows. Under the lock: the window totals (tables are replaced,
+        never changed in place, so they can be read later) and the detectors' values;
+        outside it, the statistics, so a scrape never holds up a batch for long and a batch
+        never holds up a scrape."""
         deferred: list[tuple[VersionState, WindowSpec, Table, bool]] = []
         with self._lock:
             snap = Snapshot(
@@ -597,7 +584,7 @@ class Monitor:
             snap.reference_scores.extend(
                 (model, model_version, score, value) for score, value in lineage.metrics.items()
             )
-        owned = [states[key] for states in self.partitions.values() if key in states]
+        owned = [self.states[key]] if key in self.states else []
         for w_index, spec in enumerate(self.drift.windows):
             windows = [state.windows[w_index] for state in owned]
             total = version.empty_table()
@@ -715,7 +702,7 @@ class Monitor:
             )
 
     def _detector_values(
-        self, version: VersionState, owned: list[PartitionState], snap: Snapshot
+        self, version: VersionState, owned: list[SegmentState], snap: Snapshot
     ) -> None:
         key = version.key
         layout = version.layout

@@ -1,11 +1,16 @@
 """Quality: labels joined to predictions, windowed scores per model version and slice,
 concept drift on the error stream, and an estimate of the scores before labels arrive.
 
-Per predictions partition (the labels topic is co-partitioned with it)::
+The join is per predictions partition (the labels topic is co-partitioned with it); the
+windows, totals and detectors are per (model, version, slice), shared by every partition the
+worker owns, and fed in one order (:mod:`streamwatch.ordering`)::
 
     predictions -> slices (bounded) -> pending store -> estimated counts (binary) -> windows
     labels -> join (first label wins; TTL; early hold) -> labelled counts -> windows, totals
                                                        -> river detector on the errors
+
+A label joins its prediction when it comes at most ``labels.ttl_seconds`` of event time
+after it: decided per pair, so the answer does not depend on batch boundaries.
 
 Every score comes from additive counts (:mod:`streamwatch.scores`). Time windows are keyed
 by the prediction's event time, so a label that comes a day late lands in the window of its
@@ -30,6 +35,7 @@ from streamwatch.activity import Activity
 from streamwatch.config import ModelSpec, QualitySettings, Settings, WindowSpec
 from streamwatch.decode import Label, Prediction, is_positive
 from streamwatch.join import EarlyLabels, PendingPredictions, id_hash
+from streamwatch.ordering import order_key
 from streamwatch.reference import Profile
 from streamwatch.scores import (
     Counts,
@@ -52,6 +58,8 @@ MAX_CLASSES = 100  # multiclass: classes tracked per model; the rest share the l
 SliceKey = tuple[str, str, str]  # (model, model_version, slice)
 Window = CountWindow | TimeWindow | TumblingWindow
 Windows = list[Window]
+# joined pairs of one partition and model: their prediction's columns, times, labels
+Matched = tuple[dict[str, Any], FloatArray, list[Label]]
 
 
 @dataclass(frozen=True)
@@ -95,8 +103,8 @@ def _new_window(spec: WindowSpec) -> Window:
 
 
 def _window_total(windows: list[Window]) -> Counts:
-    """One window's counts over the partitions; for a tumbling window, of the newest span
-    any partition has closed."""
+    """A window's counts (over the windows given); for a tumbling window, of the newest
+    span closed."""
     tumbling = [w for w in windows if isinstance(w, TumblingWindow)]
     if tumbling:
         span = max(w.closed for w in tumbling)
@@ -180,16 +188,13 @@ class Keys:
 
 @dataclass
 class PartitionQuality:
-    """One partition's join state, windows and detectors."""
+    """One partition's join state."""
 
     pending: dict[str, PendingPredictions]
     early: EarlyLabels = field(default_factory=EarlyLabels)
     prediction_watermark: float = float("-inf")
     watermark_moved: float = field(default_factory=time.monotonic)  # wall clock
     label_watermark: float = float("-inf")
-    windows: dict[int, Windows] = field(default_factory=dict)  # by key code
-    estimates: dict[int, Windows] = field(default_factory=dict)
-    detectors: dict[int, Any] = field(default_factory=dict)
 
 
 class Quality:
@@ -217,6 +222,11 @@ class Quality:
         }
         self.keys = Keys()
         self.partitions: dict[int, PartitionQuality] = {}
+        # by key code: windows of labelled pairs, of estimates, and the concept detectors
+        self.windows: dict[int, Windows] = {}
+        self.estimates: dict[int, Windows] = {}
+        self.detectors: dict[int, Any] = {}
+        self.prediction_watermark = float("-inf")  # closes tumbling windows
         self.totals: dict[int, Counts] = {}
         self.expired: dict[tuple[str, str], int] = defaultdict(int)
         self.joined: dict[tuple[str, str], int] = defaultdict(int)
@@ -258,23 +268,40 @@ class Quality:
 
     # -- the batch ----------------------------------------------------------------------
     def apply(self, predictions: list[Prediction], labels: list[Label]) -> list[ConceptAlarm]:
-        """Store predictions, join labels, update windows; return concept-drift alarms."""
-        by_partition: dict[int, tuple[list[Prediction], list[Label]]] = {}
-        for p in predictions:
-            by_partition.setdefault(p.partition, ([], []))[0].append(p)
+        """Store predictions, join labels, update windows; return concept-drift alarms.
+        The join is per partition; every sequential step (slices, count windows, the
+        concept detectors) sees the records in the order given, across partitions."""
+        labels_of: dict[int, list[Label]] = defaultdict(list)
         for lb in labels:
-            by_partition.setdefault(lb.partition, ([], []))[1].append(lb)
-        alarms: list[ConceptAlarm] = []
+            labels_of[lb.partition].append(lb)
+        matches: dict[str, list[Matched]] = defaultdict(list)
         with self._lock:
-            for partition, (preds, labs) in sorted(by_partition.items()):
+            held = self._store(predictions)
+            touched = {p.partition for p in predictions} | labels_of.keys()
+            for partition in sorted(touched):
                 state = self._partition(partition)
-                held = self._store(state, preds)
-                alarms += self._join(state, held + labs)
+                self._join(state, held.get(partition, []) + labels_of.get(partition, []), matches)
                 self._expire(state)
+            alarms = self._score_in_order(matches)
             self._release_idle()
             self._enforce_hold_budget()
             self._retire_idle_versions()
             self._sweep_keys()
+        return alarms
+
+    def _score_in_order(self, matches: dict[str, list[Matched]]) -> list[ConceptAlarm]:
+        """Score each model's joined pairs of every partition together, in label order."""
+        alarms: list[ConceptAlarm] = []
+        for name, parts in matches.items():
+            found = [lb for _, _, part in parts for lb in part]
+            order = np.array(
+                sorted(range(len(found)), key=lambda i: order_key(found[i])), dtype=np.int64
+            )
+            columns = {
+                c: np.concatenate([picked[c] for picked, _, _ in parts])[order] for c in parts[0][0]
+            }
+            times = np.concatenate([t for _, t, _ in parts])[order]
+            alarms += self._score(name, columns, times, [found[i] for i in order.tolist()])
         return alarms
 
     def _sweep_keys(self) -> None:
@@ -289,14 +316,16 @@ class Quality:
                     referenced.update(np.unique(store.columns[f"key{j}"][live]).tolist())
         self.keys.sweep(referenced)
 
-    def _store(self, state: PartitionQuality, predictions: list[Prediction]) -> list[Label]:
-        """Add predictions to the pending store; return the early labels now matched."""
-        matched: list[Label] = []
+    def _store(self, predictions: list[Prediction]) -> dict[int, list[Label]]:
+        """Add predictions to their partitions' pending stores; the slices and the estimate
+        windows see them in the order given. Returns the early labels now matched, per
+        partition."""
+        matched: dict[int, list[Label]] = defaultdict(list)
         by_model: dict[str, list[Prediction]] = defaultdict(list)
         for p in predictions:
             by_model[p.model].append(p)
         for name, group in by_model.items():
-            spec, store = self.specs[name], state.pending[name]
+            spec = self.specs[name]
             versions = [p.model_version for p in group]
             key_columns = [self._codes(name, versions, [ALL] * len(group))]
             slicer = self.slicers[name]
@@ -314,32 +343,45 @@ class Quality:
             times = np.array([p.timestamp for p in group])
             self._saw(key_columns[0], times, prediction=True)
             keys = [id_hash(p.prediction_id) for p in group]
-            added = store.add_many(keys, times, columns)
+            partitions = np.array([p.partition for p in group])
+            added = np.zeros(len(group), dtype=bool)
+            for partition in np.unique(partitions).tolist():
+                rows = np.flatnonzero(partitions == partition)
+                state = self._partition(partition)
+                added[rows] = state.pending[name].add_many(
+                    [keys[i] for i in rows.tolist()],
+                    times[rows],
+                    {c: v[rows] for c, v in columns.items()},
+                )
+                if not added[rows].any():
+                    continue
+                newest = float(times[rows].max())
+                if newest > state.prediction_watermark:
+                    state.prediction_watermark = newest
+                    state.watermark_moved = self.clock()
+                    self.prediction_watermark = max(self.prediction_watermark, newest)
+                if state.early:  # labels that came first
+                    for i in rows[added[rows]].tolist():
+                        waiting = state.early.pop(keys[i])
+                        if waiting is not None:
+                            p = group[i]
+                            matched[partition].append(
+                                Label(p.prediction_id, waiting[0], waiting[1], p.partition, -1)
+                            )
             self.duplicate_predictions[name] += int((~added).sum())
-            if not added.any():
-                continue
-            if float(times.max()) > state.prediction_watermark:
-                state.prediction_watermark = float(times.max())
-                state.watermark_moved = self.clock()
-            if state.early:  # labels that came first
-                for i in np.flatnonzero(added).tolist():
-                    waiting = state.early.pop(keys[i])
-                    if waiting is not None:
-                        p = group[i]
-                        matched.append(
-                            Label(p.prediction_id, waiting[0], waiting[1], p.partition, -1)
-                        )
             kept = np.flatnonzero(added)
+            if not len(kept):
+                continue
             estimate = self._estimator(name, [versions[i] for i in kept.tolist()], columns, kept)
             if estimate is not None:
                 rows, counts = estimate
                 for codes in key_columns:
                     self._update(
-                        state.estimates,
+                        self.estimates,
                         codes[kept][rows],
                         times[kept][rows],
                         counts,
-                        state.prediction_watermark,
+                        self.prediction_watermark,
                     )
         return matched
 
@@ -412,7 +454,7 @@ class Quality:
         watermark: float,
     ) -> dict[int, IntArray]:
         """Add each key's rows to its windows; return the rows per key. Tumbling windows
-        close with the partition's prediction ``watermark``, so the estimate and the
+        close with the prediction ``watermark``, so the estimate and the
         realized scores of one span line up."""
         groups: dict[int, IntArray] = {}
         for key in np.unique(keys):
@@ -438,20 +480,31 @@ class Quality:
                     window.add(bucket, part, newest)  # type: ignore[arg-type]
         return groups
 
-    def _join(self, state: PartitionQuality, labels: list[Label]) -> list[ConceptAlarm]:
+    def _join(
+        self, state: PartitionQuality, labels: list[Label], matches: dict[str, list[Matched]]
+    ) -> None:
+        """Find each label's prediction in the partition's store; add the pairs to
+        ``matches`` (their prediction's columns, times and labels) for scoring."""
         if not labels:
-            return []
+            return
         state.label_watermark = max(state.label_watermark, max(lb.timestamp for lb in labels))
         keys = [id_hash(lb.prediction_id) for lb in labels]
         waiting = np.arange(len(labels))
-        alarms: list[ConceptAlarm] = []
         for name, store in state.pending.items():
             found, slots, times = store.take_many([keys[i] for i in waiting.tolist()])
             if found.any():
                 rows = waiting[found]
-                alarms += self._score(
-                    state, name, store, slots, times, [labels[i] for i in rows.tolist()]
-                )
+                late = np.array([labels[i].timestamp for i in rows.tolist()]) - times > self.ttl
+                if late.any():  # its prediction's time to wait was over: both go unjoined
+                    for slot in slots[late].tolist():
+                        model, version, _ = self.keys.names[int(store.columns["key0"][slot])]
+                        self.expired[(model, version)] += 1
+                    self.unmatched_labels += int(late.sum())
+                    rows, slots, times = rows[~late], slots[~late], times[~late]
+                if len(rows):
+                    # copied now: the slots are reused by the next add
+                    picked = {c: v[slots] for c, v in store.columns.items()}
+                    matches[name].append((picked, times, [labels[i] for i in rows.tolist()]))
             waiting = waiting[~found]
             if not len(waiting):
                 break
@@ -460,23 +513,16 @@ class Quality:
                 self.duplicate_labels += 1  # the first label waiting for it wins
             else:
                 state.early.hold(keys[i], labels[i].label, labels[i].timestamp)
-        return alarms
 
     def _score(
-        self,
-        state: PartitionQuality,
-        name: str,
-        store: PendingPredictions,
-        slots: IntArray,
-        times: FloatArray,
-        found: list[Label],
+        self, name: str, columns: dict[str, Any], times: FloatArray, found: list[Label]
     ) -> list[ConceptAlarm]:
+        """Count and detect on joined pairs (their prediction's ``columns`` and event
+        ``times``, and their labels), in the order given."""
         spec = self.specs[name]
         label_times = np.array([lb.timestamp for lb in found])
         labels = [lb.label for lb in found]
-        keys = [
-            self.keys.resolve(store.columns[f"key{j}"][slots]) for j in range(1 + len(spec.slices))
-        ]
+        keys = [self.keys.resolve(columns[f"key{j}"]) for j in range(1 + len(spec.slices))]
         self._delays.extend((name, d) for d in (label_times - times).tolist())
         for key, n in zip(*np.unique(keys[0], return_counts=True), strict=True):
             model, version, _ = self.keys.names[int(key)]
@@ -484,7 +530,7 @@ class Quality:
         self._saw(keys[0], label_times, prediction=False)
         threshold = self.settings.threshold
         if spec.task == "binary":
-            scores = store.columns["value"][slots].astype(np.float64)
+            scores = columns["value"].astype(np.float64)
             positive = np.array([is_positive(v, spec.positive_labels) for v in labels])
             errors = ((scores >= threshold) != positive).astype(np.float64)
             # the estimator the live estimate uses (calibrated by the version's profile),
@@ -497,17 +543,17 @@ class Quality:
                     estimated_counts(scores[rows], calibrated[rows], threshold)
                 )
         elif spec.task == "regression":
-            values = store.columns["value"][slots].astype(np.float64)
+            values = columns["value"].astype(np.float64)
             actual = np.array([float(v) if not isinstance(v, str) else np.nan for v in labels])
             errors = np.abs(values - actual)
 
             def counts(rows: IntArray) -> Counts:
                 return regression_counts(values[rows], actual[rows])
         else:
-            predicted = store.columns["value"][slots].astype(np.int64)
+            predicted = columns["value"].astype(np.int64)
             actual_cls = np.array([self._class(name, _class_name(v)) for v in labels])
             errors = (predicted != actual_cls).astype(np.float64)
-            probabilities = _stacked(store.columns, len(spec.classes), slots)
+            probabilities = _stacked(columns, len(spec.classes), np.arange(len(found)))
 
             def counts(rows: IntArray) -> Counts:
                 out = multiclass_counts(predicted[rows], actual_cls[rows], MAX_CLASSES)
@@ -522,15 +568,14 @@ class Quality:
 
         alarms = []
         for column in keys:
-            updated = self._update(state.windows, column, times, counts, state.prediction_watermark)
+            updated = self._update(self.windows, column, times, counts, self.prediction_watermark)
             for key, rows in updated.items():
                 self.totals[key] = self.totals.get(key, Counts()) + counts(rows)
-                alarms += self._concept(state, key, errors[rows], label_times[rows], spec)
+                alarms += self._concept(key, errors[rows], label_times[rows], spec)
         return alarms
 
     def _concept(
         self,
-        state: PartitionQuality,
         key: int,
         errors: FloatArray,
         times: FloatArray,
@@ -544,9 +589,9 @@ class Quality:
             if spec.task == "regression"
             else self.settings.concept_detector
         )
-        detector = state.detectors.get(key)
+        detector = self.detectors.get(key)
         if detector is None:
-            detector = state.detectors[key] = _river(name)
+            detector = self.detectors[key] = _river(name)
             # the counter exists at 0 from the start, so that increase() sees the first alarm
             self.concept_alarms.setdefault((model, version, slice_name, name), 0)
         alarms = []
@@ -632,10 +677,9 @@ class Quality:
     def _forget(self, code: int, successor: SliceKey) -> None:
         model, version, slice_name = self.keys.names[code]
         self.keys.retire(code, successor)
-        for state in self.partitions.values():
-            state.windows.pop(code, None)
-            state.estimates.pop(code, None)
-            state.detectors.pop(code, None)
+        self.windows.pop(code, None)
+        self.estimates.pop(code, None)
+        self.detectors.pop(code, None)
         self.totals.pop(code, None)
         for alarm in [a for a in self.concept_alarms if a[:3] == (model, version, slice_name)]:
             del self.concept_alarms[alarm]
@@ -679,16 +723,15 @@ class Quality:
             )
             # window totals under the lock (counts are replaced, never changed in place);
             # the scores from them outside it, so a scrape and a batch do not wait long
-            owned = list(self.partitions.values())
             totals = [
                 (
                     key,
                     [
                         (
                             spec,
-                            _window_total([s.windows[code][w] for s in owned if code in s.windows]),
+                            _window_total([self.windows[code][w]] if code in self.windows else []),
                             _window_total(
-                                [s.estimates[code][w] for s in owned if code in s.estimates]
+                                [self.estimates[code][w]] if code in self.estimates else []
                             ),
                         )
                         for w, spec in enumerate(self.settings.windows)

@@ -89,7 +89,8 @@ def uniforms(keys: IntArray) -> FloatArray:
     """A deterministic uniform number in [0, 1) per key (splitmix64 of the key).
 
     The randomised probability integral transform needs one per event; keying it by the
-    event's offset makes a replay of the same offsets give the same scores.
+    event's id (its hash) gives the same event the same score in any partition, at any
+    offset, live or replayed.
     """
     with np.errstate(over="ignore"):
         z = keys.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)

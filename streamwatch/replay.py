@@ -29,10 +29,11 @@ from streamwatch.app import build
 from streamwatch.config import Settings
 from streamwatch.decode import Label, Prediction
 from streamwatch.monitor import Alarm, Monitor
+from streamwatch.ordering import order_key
 from streamwatch.progress import Progress
 from streamwatch.quality import ConceptAlarm, Quality
 from streamwatch.simulation import Record
-from streamwatch.worker import Decoded, Pipeline
+from streamwatch.worker import Decoded, Outcome, Pipeline
 
 
 @dataclass
@@ -95,14 +96,15 @@ def run(
     if labels is not None:
         label_read = _decode(pipeline, labels, settings.topics.labels, batch)
         rejected += label_read.rejected
-        label_records = sorted(label_read.labels, key=lambda lb: lb.timestamp)
+        label_records = sorted(label_read.labels, key=order_key)
         result.labels = len(label_records)
     for r in rejected:
         result.rejected[r.reason] = result.rejected.get(r.reason, 0) + 1
     events: list[Prediction] = []
-    ordered = sorted(read.predictions, key=lambda p: p.timestamp)
-    for index, record in enumerate(ordered):
-        # one partition, offsets in event-time order: the event index of every alarm
+    # A file is one partition in arrival order, but replay has it all: it sorts it in the
+    # one order the worker's event order releases, so no record is out of order here.
+    for index, record in enumerate(sorted(read.predictions, key=order_key)):
+        # offsets in that order: the event index of every alarm
         events.append(
             Prediction(
                 record.prediction_id,
@@ -142,17 +144,27 @@ def run(
     next_row, next_label = every, 0
     try:
         # the rejected messages are counted (and type errors seen) with the first batch
-        outcome = pipeline.apply(Decoded([], [], rejected), None)
+        pipeline.reject(rejected, None)
+        outcome = pipeline.apply(Decoded([], [], rejected))
         for start in range(0, len(events), batch):
             chunk = events[start : start + batch]
-            # labels join as they would have: those stamped up to this batch's newest event
+            # through the worker's event order, as a partition of each topic; the labels
+            # read up to this batch's newest prediction, as the alignment reads them
             newest = chunk[-1].timestamp
             end = next_label
             while end < len(label_records) and label_records[end].timestamp <= newest:
                 end += 1
-            if start + len(chunk) == len(events):
-                end = len(label_records)  # the rest of the labels, after the last prediction
-            outcome = pipeline.apply(Decoded(chunk, label_records[next_label:end], []), None)
+            pipeline.order.add(chunk, label_records[next_label:end], 0.0)
+            outcome = pipeline.apply(Decoded(*pipeline.order.release(0.0), []))
+            if start + len(chunk) == len(events):  # the end: the rest, and every label
+                pipeline.order.add([], label_records[end:], 0.0)
+                end = len(label_records)
+                drained = pipeline.drain()
+                outcome = Outcome(
+                    [],
+                    outcome.alarms + drained.alarms,
+                    outcome.concept_alarms + drained.concept_alarms,
+                )
             result.alarms += outcome.alarms
             result.concept_alarms += outcome.concept_alarms
             next_label = end

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -168,19 +168,12 @@ class Source:
             self._logged[error.code()] = now
             log.warning("consumer error (retrying): %s", error)
 
-    def store(self, messages: list[Message]) -> None:
-        """Mark a processed batch: next offset per partition, for the next commit."""
-        last: dict[tuple[str, int], int] = {}
-        for m in messages:
-            topic, partition, offset = m.topic(), m.partition(), m.offset()
-            if topic is None or partition is None or offset is None:
-                continue  # not a data message (consume() returns only data messages)
-            key = (topic, partition)
-            last[key] = max(last.get(key, -1), offset)
-        if last:
-            self._consumer.store_offsets(
-                offsets=[TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
-            )
+    def store_offsets(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        """Mark how far each partition is applied (the next offset to read), for the next
+        commit."""
+        self._consumer.store_offsets(
+            offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        )
 
     def commit(self, wait: bool = False) -> None:
         """Commit the stored offsets, asynchronously (the result arrives in ``on_commit``),

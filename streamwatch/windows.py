@@ -51,11 +51,11 @@ class Table:
 
 
 class CountWindow:
-    """The last ``size`` events, in chunks of at most ``size / 16`` events: a batch is added
-    in pieces of at most one chunk (:meth:`add_rows`), and a piece joins the newest chunk
-    while both fit in one. The oldest chunk leaves once the rest holds ``size`` events, so
-    a filled window holds from ``size`` to ``size + size / 16 - 1`` events, whatever the
-    batch size (a backlog's batches included), in at most about 33 tables."""
+    """The last ``size`` events, in chunks of ``size / 16`` events: chunk k holds events
+    ``[k * chunk, (k + 1) * chunk)`` of the stream, whatever the batches (:meth:`add_rows`
+    cuts them on those boundaries). The oldest chunk leaves once the rest holds ``size``
+    events, so a filled window holds from ``size`` to ``size + size / 16 - 1`` events, the
+    same ones for the same stream however it was batched, in at most 17 tables."""
 
     CHUNKS = 16
 
@@ -66,9 +66,15 @@ class CountWindow:
         self._tables: deque[Table] = deque()
 
     def add_rows(self, rows: int, table_of: Callable[[slice], Table]) -> None:
-        """Add ``rows`` events, tabled a chunk at a time by ``table_of(slice)``."""
-        for start in range(0, rows, self.chunk):
-            self.add(table_of(slice(start, min(rows, start + self.chunk))))
+        """Add ``rows`` events, tabled by ``table_of(slice)`` in pieces that end on chunk
+        boundaries (the first piece fills the newest chunk)."""
+        start = 0
+        while start < rows:
+            newest = self._tables[-1].events if self._tables else self.chunk
+            room = self.chunk - newest if newest < self.chunk else self.chunk
+            end = min(rows, start + room)
+            self.add(table_of(slice(start, end)))
+            start = end
 
     def add(self, table: Table) -> None:
         """Add one table (of at most a chunk of events, for the bound above)."""
@@ -108,7 +114,9 @@ class TimeWindow:
                 self._buckets[bucket] + table if bucket in self._buckets else table
             )
             self.total = self.total + table
-            self.earliest = min(self.earliest, bucket * self.bucket_seconds)
+        # every event offered counts for the span covered, added or too old: the same
+        # stream gives the same fill however it was batched
+        self.earliest = min(self.earliest, bucket * self.bucket_seconds)
         for expired in [b for b in self._buckets if b < oldest]:
             self.total = self.total - self._buckets.pop(expired)
 

@@ -3,10 +3,12 @@
 One iteration::
 
     consume a batch (short timeout, so a stop request is seen within a second)
-    decode every message, then admit it (event-time bounds, the model-version cap);
+    decode every message, then admit it (event-time bounds);
     rejections → dead-letter producer + invalid counter
-    apply the valid predictions to the monitor (vectorised per model version and partition)
-    store the batch's offsets
+    admitted records wait in the event order (streamwatch/ordering) until every owned
+    partition has passed their event time; those released, in (event time, id) order,
+    go through the model-version cap to the monitor and the quality side
+    store the offsets up to the first record still waiting
     pause the partitions that run ahead of the other topic in event time (alignment)
 
 A checkpoint, every ``worker.commit_interval_seconds``, on revoke and at shutdown, runs in
@@ -29,7 +31,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaException, TopicPartition
@@ -42,6 +44,7 @@ from streamwatch.decode import Decoder, Label, Prediction, RawMessage, Rejection
 from streamwatch.errors import ConfigError, ConfigProblem, KafkaSetupError
 from streamwatch.exporter import Health, Telemetry
 from streamwatch.monitor import Alarm, AlarmKey, Monitor
+from streamwatch.ordering import EventOrder, Key
 from streamwatch.quality import ConceptAlarm, Quality
 from streamwatch.source import Source
 
@@ -68,8 +71,9 @@ class Outcome:
 
 class Pipeline:
     """The stages after the source, shared by the Kafka worker, the in-memory demo and
-    replay: :meth:`decode` (decoder, then admission), then :meth:`apply` (the version cap,
-    dead letters and counters, the monitor, the quality side)."""
+    replay: :meth:`decode` (decoder, then admission), :meth:`reject` (dead letters and
+    counters), the event order, then :meth:`apply` (the version cap, the monitor, the
+    quality side) on what the order releases. :meth:`process` runs them on one batch."""
 
     def __init__(
         self, settings: Settings, monitor: Monitor, quality: Quality, telemetry: Telemetry
@@ -81,14 +85,60 @@ class Pipeline:
         self.monitor = monitor
         self.quality = quality
         self.telemetry = telemetry
+        et = settings.event_time
+        self.order = EventOrder(
+            self.topics.predictions,
+            self.topics.labels,
+            et.reorder_seconds,
+            et.idle_seconds,
+            et.max_waiting_events,
+        )
         self.processed = 0
         self._announced: set[AlarmKey] = set()
 
-    def process(self, messages: Sequence[RawMessage], dead_letters: DeadLetters | None) -> Outcome:
-        """Decode and apply one batch; rejections are sent (given a producer) and counted."""
-        outcome = self.apply(self.decode(messages), dead_letters)
+    def process(
+        self,
+        messages: Sequence[RawMessage],
+        dead_letters: DeadLetters | None,
+        now: float | None = None,
+        lags: Mapping[Key, int] | None = None,
+        paused: Iterable[Key] = (),
+    ) -> Outcome:
+        """One batch: decode and admit; send (given a producer) and count the rejected;
+        add the admitted to the event order; apply what it releases (``now``, ``lags`` and
+        ``paused``: see :meth:`EventOrder.release`)."""
+        decoded = self.decode(messages)
+        self.reject(decoded.rejected, dead_letters)
         self.processed += len(messages)
+        now = time.monotonic() if now is None else now
+        self.order.add(decoded.predictions, decoded.labels, now)
+        outcome = self.apply(Decoded(*self.order.release(now, lags, paused), decoded.rejected))
+        self._count_order()
         return outcome
+
+    def drain(self) -> Outcome:
+        """Apply every record still waiting (the end of a finite stream)."""
+        outcome = self.apply(Decoded(*self.order.flush(), []))
+        self._count_order()
+        return outcome
+
+    def reject(self, rejected: list[Rejection], dead_letters: DeadLetters | None) -> None:
+        """Send each rejected message to the dead-letter topic (given a producer); count it."""
+        for r in rejected:
+            if dead_letters is not None:
+                dead_letters.send(r)
+            self.telemetry.invalid.labels(r.topic, r.reason).inc()
+
+    def _count_order(self) -> None:
+        t, order = self.telemetry, self.order
+        waiting: Counter[str] = Counter()
+        for key, state in order.partitions.items():
+            waiting[key[0]] += len(state.waiting)
+        for topic in order.topics:
+            t.waiting.labels(topic).set(waiting.get(topic, 0))
+            t.out_of_order.labels(topic).inc(order.late[topic])
+            t.forced.labels(topic).inc(order.forced[topic])
+            order.late[topic] = order.forced[topic] = 0
 
     def decode(self, messages: Sequence[RawMessage]) -> Decoded:
         """Decode each message, in arrival order, and admit it (event-time bounds)."""
@@ -123,15 +173,11 @@ class Pipeline:
                 labels.append(record)
         return Decoded(predictions, labels, rejected)
 
-    def apply(self, decoded: Decoded, dead_letters: DeadLetters | None) -> Outcome:
-        """Apply decoded records: dead-letter and count the rejected, update the monitor and
-        the quality side; return the alarms raised."""
+    def apply(self, decoded: Decoded) -> Outcome:
+        """Apply records in their one order (the rejected only to count type errors):
+        update the monitor and the quality side; return the alarms raised."""
         predictions, labels, rejected = decoded.predictions, decoded.labels, decoded.rejected
         predictions = self._cap_versions(predictions)
-        for r in rejected:
-            if dead_letters is not None:
-                dead_letters.send(r)
-            self.telemetry.invalid.labels(r.topic, r.reason).inc()
         alarms = self.monitor.apply(predictions, rejected)
         for alarm in alarms:
             # A drift that persists keeps firing (detectors restart after each alarm): the
@@ -241,6 +287,9 @@ class Worker:
             None if align is None else Alignment(topics.predictions, topics.labels, align)
         )
         self._stopping = False
+        # per partition: the next offset after the last one read, and the offset stored
+        self._consumed: dict[Key, int] = {}
+        self._stored: dict[Key, int] = {}
 
     def check(self) -> None:
         """Refuse to start on an unreachable cluster, missing topics or topics that are not
@@ -267,12 +316,14 @@ class Worker:
             last_commit = time.monotonic()
             while not stop.is_set():
                 messages = self.source.consume(w.batch_size, w.poll_timeout_seconds)
-                self.health.last_poll = time.monotonic()
-                if messages:
+                now = self.health.last_poll = time.monotonic()
+                lags = self.source.lag()
+                if messages or self.pipeline.order.waiting:
+                    paused = self._held()
                     with self.telemetry.batch_duration.time():
-                        self.pipeline.process(messages, self.dead_letters)
-                    self.source.store(messages)
-                self._align()
+                        self.pipeline.process(messages, self.dead_letters, now, lags, paused)
+                    self._store(messages)
+                self._align(lags)
                 if time.monotonic() - last_commit >= w.commit_interval_seconds:
                     self.checkpoint(min(1.0, w.commit_interval_seconds + 0.1))
                     self._export_lag()
@@ -327,13 +378,33 @@ class Worker:
         self.source.commit(wait)
         return True
 
-    def _align(self) -> None:
+    def _held(self) -> set[Key]:
+        """The partitions paused by this worker (they have data: never idle)."""
+        if self._paused:
+            return {(tp.topic, tp.partition) for tp in self.source.assignment}
+        return set() if self.alignment is None else set(self.alignment.held)
+
+    def _store(self, messages: Sequence[RawMessage]) -> None:
+        """Store, per partition, the offset up to which every record has been applied:
+        the next after the last one read, or the first still waiting in the event order."""
+        for m in messages:
+            topic, partition, offset = m.topic(), m.partition(), m.offset()
+            if topic is not None and partition is not None and offset is not None:
+                key = (topic, partition)
+                self._consumed[key] = max(self._consumed.get(key, 0), offset + 1)
+        offsets = self.pipeline.order.next_offsets(self._consumed)
+        changed = {k: o for k, o in offsets.items() if self._stored.get(k) != o}
+        if changed:
+            self.source.store_offsets(changed)
+            self._stored.update(changed)
+
+    def _align(self, lags: Mapping[Key, int]) -> None:
         """Pause the partitions that run ahead of the other topic; resume the rest."""
         if self.alignment is None or self._paused or not self.source.assignment:
             return
         partitions = {tp.partition for tp in self.source.assignment}
         pause, resume = self.alignment.update(
-            partitions, self.pipeline.clock.latest, self.source.lag(), time.monotonic()
+            partitions, self.pipeline.clock.latest, lags, time.monotonic()
         )
         if not (pause or resume):
             return
@@ -393,8 +464,10 @@ class Worker:
     def _assigned(self, partitions: list[TopicPartition]) -> None:
         log.info("assigned %s", [(tp.topic, tp.partition) for tp in partitions])
         owned = [tp.partition for tp in partitions if tp.topic == self.settings.topics.predictions]
-        self.pipeline.monitor.assign(owned)
         self.pipeline.quality.assign(owned)
+        self.pipeline.order.assign(
+            [(tp.topic, tp.partition) for tp in partitions], time.monotonic()
+        )
         self._paused = False  # a new assignment starts unpaused
         self._set_assigned(partitions)
 
@@ -411,14 +484,20 @@ class Worker:
 
     def _drop(self, partitions: list[TopicPartition]) -> None:
         owned = [tp.partition for tp in partitions if tp.topic == self.settings.topics.predictions]
-        self.pipeline.monitor.revoke(owned)
-        self.pipeline.quality.revoke(owned)
+        self.pipeline.quality.revoke(owned)  # the join state; the engine's stays
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        dropped = self.pipeline.order.revoke(keys)
+        if dropped:
+            log.info("%d record(s) waiting in the event order left with their partitions", dropped)
+        for key in keys:
+            self._consumed.pop(key, None)
+            self._stored.pop(key, None)
         for tp in partitions:  # retire the lag series of partitions we no longer own
             self.pipeline.clock.forget(tp.topic, tp.partition)
-            key = (tp.topic, str(tp.partition))
-            if key in self._lag_series:
-                self._lag_series.discard(key)
-                self.telemetry.lag.remove(*key)
+            series = (tp.topic, str(tp.partition))
+            if series in self._lag_series:
+                self._lag_series.discard(series)
+                self.telemetry.lag.remove(*series)
         self._set_assigned([])
 
     def _set_assigned(self, partitions: list[TopicPartition]) -> None:

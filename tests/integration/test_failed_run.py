@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 import yaml
@@ -28,10 +29,12 @@ from tests.integration.conftest import Topics, produce, worker_config
 class Broken(Pipeline):
     """Applies its first batch (whose offsets are then stored), breaks on the second."""
 
-    def process(self, messages: Sequence[RawMessage], dead_letters: DeadLetters | None) -> Outcome:
-        if self.processed:
+    def process(
+        self, messages: Sequence[RawMessage], dead_letters: DeadLetters | None, *args: Any
+    ) -> Outcome:
+        if self.processed and messages:
             raise RuntimeError("the engine broke")
-        return super().process(messages, dead_letters)
+        return super().process(messages, dead_letters, *args)
 
 
 def test_a_failed_run_commits_nothing_and_raises_its_own_error(topics: Topics) -> None:

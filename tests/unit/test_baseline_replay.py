@@ -180,6 +180,7 @@ def test_the_worker_judges_a_version_against_its_profile(tmp_path: Path) -> None
     app.pipeline.process(
         [Record("predictions", orjson.dumps(e), None, 0, i) for i, e in enumerate(events)], None
     )
+    app.pipeline.drain()
     snap = app.pipeline.monitor.snapshot()
     assert snap.model_info == [
         (

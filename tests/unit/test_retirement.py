@@ -51,6 +51,7 @@ def test_a_version_leaves_the_drift_and_the_quality_series_together() -> None:
             records.append(Record(topic, orjson.dumps(body), None, 0, offset[topic]))
             offset[topic] += 1
         app.pipeline.process(records, None)
+        app.pipeline.drain()  # applied at once: these tests are about retirement, not order
 
     def label(i: int, at: int) -> dict[str, object]:
         return {"prediction_id": f"p{i}", "label": False, "timestamp": T0_MS + at * 1000}
