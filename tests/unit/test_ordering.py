@@ -169,9 +169,9 @@ def _run(partitions: int, batch: int, seed: int) -> tuple[Any, ...]:
     pipeline.order.assign(queues, now)  # as the worker's rebalance callback does
     alarms, concept = [], []
     while any(queues.values()):
-        key = rng.choice([k for k, q in queues.items() if q])
-        fetch = queues[key][:batch]
-        del queues[key][:batch]
+        chosen = rng.choice([k for k, q in queues.items() if q])
+        fetch = queues[chosen][:batch]
+        del queues[chosen][:batch]
         lags = {k: len(q) for k, q in queues.items()}
         outcome = pipeline.process(fetch, None, now=now, lags=lags)
         alarms += outcome.alarms
