@@ -134,7 +134,7 @@ class EventTimeSettings(_Section):
     # nobody back, ...
     idle_seconds: float = Field(default=5, gt=0)
     # ... and past this many records waiting (a stalled partition), the oldest go anyway.
-    max_waiting_events: int = Field(default=200_000, ge=1000)
+    max_waiting_events: int = Field(default=50_000, ge=1000)
 
 
 class KafkaSettings(_Section):

@@ -100,6 +100,10 @@ class Scenario:
     labels_topic: str = "demo-labels"
     start: float = START_SECONDS  # event time of the first prediction
     spacing_seconds: float = 1.0  # event time between predictions
+    # a concept change: from this prediction on, a third of the labels in one country flip
+    # (the model goes wrong there, its inputs unchanged); None: no change
+    concept_at: int | None = None
+    concept_country: str = "US"
 
     def records(self) -> Iterator[Record]:
         """The stream in arrival order: predictions, late labels and malformed messages."""
@@ -118,6 +122,9 @@ class Scenario:
         fraud = rng.random(n) < score
         times = self.start + self.spacing_seconds * np.arange(n, dtype=np.float64)
         label_times = times + rng.exponential(1800.0, n)  # labels come ~30 min later on average
+        if self.concept_at is not None:
+            flip = (rng.random(n) < 1 / 3) & (country == self.concept_country)
+            fraud ^= flip & (np.arange(n) >= self.concept_at)
         pending: list[tuple[float, int]] = []  # (arrival time, index), a heap
         for i in range(n):
             while pending and pending[0][0] <= times[i]:

@@ -1,10 +1,12 @@
 """A backlog on a real broker: the worker reads the two topics in step by event time.
 
 20,000 predictions (100 per second of event time) and their labels (each 30 s after its
-prediction) wait in the topics before the worker starts; the early-label hold takes 2,000.
-Labels are small messages: read freely, they run far ahead of their predictions, overflow
-the hold and are lost to the join. Read in step (5 s), the hold needs about 100/s x 5 s plus
-a batch of 500, and every label joins.
+prediction) wait in the topics before the worker starts. Labels are small messages: read
+freely, they run far ahead of their predictions. The event order keeps them until their
+predictions have passed (streamwatch/ordering), so it fills up: past
+``max_waiting_events`` (5,000 here) the oldest are forced out ahead of their predictions,
+overflow the early-label hold (2,000) and are lost to the join. Read in step (5 s), about
+100/s x 5 s plus a batch of 500 wait, nothing is forced, and every label joins.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ def test_a_backlog_is_read_in_step(
         topics,
         free_port(),
         labels={"early_hold_max_labels": 2000},
-        event_time={"align_seconds": align},
+        event_time={"align_seconds": align, "max_waiting_events": 5000, "idle_seconds": 1},
         worker={"batch_size": 500},
     )
     worker = WorkerProcess(config, tmp_path).start()
@@ -67,12 +69,18 @@ def test_a_backlog_is_read_in_step(
         worker.wait_for(settled, timeout=120)
         took = time.monotonic() - started
         evicted = worker.sample("streamwatch_labels_early_evicted_total")
+        forced = worker.sample("streamwatch_events_forced_total", topic=topics.labels)
         labelled = worker.sample("streamwatch_labelled_events_total", **joined)
     finally:
         worker.stop()
-    print(f"\nalign_seconds={align}: {labelled:,.0f} joined, {evicted:,.0f} evicted, {took:.1f} s")
+    print(
+        f"\nalign_seconds={align}: {labelled:,.0f} joined, {forced:,.0f} labels forced out of "
+        f"order, {evicted:,.0f} evicted, {took:.1f} s"
+    )
     if align is None:
-        assert evicted > 0  # the failure the alignment exists for
+        assert forced > 0  # the failure the alignment exists for
+        assert evicted > 0
     else:
+        assert forced == 0
         assert evicted == 0
         assert labelled == N

@@ -7,7 +7,6 @@ from __future__ import annotations
 import random
 from typing import Any
 
-import orjson
 import pytest
 import yaml
 from hypothesis import given, settings
@@ -151,15 +150,10 @@ def _pipeline() -> Pipeline:
 def _run(partitions: int, batch: int, seed: int) -> tuple[Any, ...]:
     """The demo's stream, its messages spread over ``partitions`` (by prediction id, as
     Kafka's key hash would), read in fetches of one partition at a time."""
-    scenario = Scenario(events=8000, drift_at=4000, seed=3)
+    scenario = Scenario(events=8000, drift_at=4000, concept_at=5500, seed=3)
     queues: dict[tuple[str, int], list[Record]] = {}
     for r in scenario.records():
         key = r.key() or b""
-        index = int(key.decode()[2:]) if key else 0
-        if r.topic() == scenario.labels_topic and index > 6000 and index % 3 == 0:
-            # a third of the labels flip after event 6,000: a concept change
-            body = orjson.loads(r.value() or b"{}")
-            r = Record(r.topic(), orjson.dumps(body | {"label": not body["label"]}), r.key())
         p = int(key.decode().rsplit("-", 1)[1]) % partitions if key else 0
         queue = queues.setdefault((r.topic(), p), [])
         queue.append(Record(r.topic(), r.value(), r.key(), p, len(queue)))
@@ -199,7 +193,7 @@ def test_the_same_events_give_the_same_alarms_and_scores_from_any_partition_coun
     one = _run(partitions=1, batch=500, seed=1)
     drift_alarms, concept_alarms, scores, drift_scores, disorder = one
     assert drift_alarms, "the stream drifts at event 4,000"
-    assert len({c[1] for c in concept_alarms}) > 1, "the error rate jumps, in every slice"
+    assert concept_alarms, "a third of the labels in one country flip at event 5,500"
     assert disorder == {0}  # nothing out of order, nothing forced
     for partitions, batch, seed in ((1, 37, 2), (4, 500, 3), (4, 37, 4), (3, 1000, 5)):
         other = _run(partitions, batch, seed)
