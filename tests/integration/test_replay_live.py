@@ -70,7 +70,7 @@ def test_replay_and_any_partition_count_raise_the_same_alarms(
     config = worker_config(topics, free_port(), event_time={"idle_seconds": 1})
     for section in ("models", "drift", "quality"):
         config[section] = DEMO_CONFIG[section]
-    config["event_time"] |= DEMO_CONFIG["event_time"]  # type: ignore[operator]
+    config["event_time"] |= DEMO_CONFIG["event_time"]
     for name, topic in (("predictions", topics.predictions), ("labels", topics.labels)):
         lines = (folder / f"{name}.jsonl").read_bytes().splitlines()
         produce(topics.bootstrap, topic, [(_key(line), line) for line in lines])
