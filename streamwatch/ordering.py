@@ -73,6 +73,7 @@ class EventOrder:
         self.late: dict[str, int] = dict.fromkeys(self.topics, 0)
         self.forced: dict[str, int] = dict.fromkeys(self.topics, 0)
         self.waiting = 0
+        self.dropped = 0  # records left unapplied with revoked partitions, since the start
 
     # -- ownership ----------------------------------------------------------------------
     def assign(self, keys: Iterable[Key], now: float) -> None:
@@ -89,6 +90,7 @@ class EventOrder:
             if state is not None:
                 dropped += len(state.waiting)
         self.waiting -= dropped
+        self.dropped += dropped
         return dropped
 
     # -- the flow -----------------------------------------------------------------------

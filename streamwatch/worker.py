@@ -116,6 +116,13 @@ class Pipeline:
         self._count_order()
         return outcome
 
+    @property
+    def handled(self) -> int:
+        """Messages read and done with (applied or rejected): not those still waiting in
+        the event order, nor those left with revoked partitions (their next owner reads
+        them again)."""
+        return self.processed - self.order.waiting - self.order.dropped
+
     def drain(self) -> Outcome:
         """Apply every record still waiting (the end of a finite stream)."""
         outcome = self.apply(Decoded(*self.order.flush(), []))
@@ -354,8 +361,8 @@ class Worker:
 
     def checkpoint(self, timeout: float, wait: bool = False) -> bool:
         """Dead letters acknowledged first, input offsets committed second (``wait``: a
-        synchronous commit). Returns False, pausing consumption, while the dead letters are
-        not acknowledged."""
+        synchronous commit, within ``timeout`` too). Returns False, pausing consumption,
+        while the dead letters are not acknowledged."""
         if not self.dead_letters.flush(timeout):
             self.telemetry.checkpoint_failures.labels("dead_letters").inc()
             if not self._paused:
@@ -375,7 +382,15 @@ class Worker:
             if self.alignment is not None:
                 self.alignment.reset()  # the next batch pauses what is still ahead
             self._paused = False
-        self.source.commit(wait)
+        if not wait:
+            self.source.commit()
+        elif not self.source.commit_within(timeout):
+            log.warning(
+                "revoke: offsets not committed within %gs (%s): the next owner may re-read "
+                "from the last commit",
+                timeout,
+                self.source.commit_error,
+            )
         return True
 
     def _held(self) -> set[Key]:
@@ -419,13 +434,19 @@ class Worker:
         committed = self.checkpoint(grace / 2) and self.source.wait_for_commits(
             max(0.1, deadline - time.monotonic())
         )
+        waiting = self.pipeline.order.waiting
         if committed:
-            log.info("stopped after %d messages; offsets committed", self.pipeline.processed)
+            log.info(
+                "stopped after %d messages; offsets committed (%d more read, still waiting in "
+                "the event order, are not: a restart reads them again)",
+                self.pipeline.handled,
+                waiting,
+            )
             return
         log.warning(
             "stopped after %d messages without a final commit (%s; %d dead letter(s) "
             "unacknowledged): a restart re-reads from the last committed offsets %s",
-            self.pipeline.processed,
+            self.pipeline.handled,
             self.source.commit_error or "no answer from the group coordinator",
             self.dead_letters.pending,
             self.source.uncommitted() or "(unknown: the cluster does not answer)",

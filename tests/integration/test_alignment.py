@@ -4,9 +4,10 @@
 prediction) wait in the topics before the worker starts. Labels are small messages: read
 freely, they run far ahead of their predictions. The event order keeps them until their
 predictions have passed (streamwatch/ordering), so it fills up: past
-``max_waiting_events`` (5,000 here) the oldest are forced out ahead of their predictions,
-overflow the early-label hold (2,000) and are lost to the join. Read in step (5 s), about
-100/s x 5 s plus a batch of 500 wait, nothing is forced, and every label joins.
+``max_waiting_events`` (10,000 here) the oldest are forced out ahead of their predictions,
+out of the one order, into the early-label hold (2,000; past it, lost to the join). Read in
+step (5 s), about 100/s x 5 s plus a few batches of 500 wait, nothing is forced, and every
+label joins.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def test_a_backlog_is_read_in_step(
         topics,
         free_port(),
         labels={"early_hold_max_labels": 2000},
-        event_time={"align_seconds": align, "max_waiting_events": 5000, "idle_seconds": 1},
+        event_time={"align_seconds": align, "max_waiting_events": 10_000, "idle_seconds": 1},
         worker={"batch_size": 500},
     )
     worker = WorkerProcess(config, tmp_path).start()
@@ -79,7 +80,6 @@ def test_a_backlog_is_read_in_step(
     )
     if align is None:
         assert forced > 0  # the failure the alignment exists for
-        assert evicted > 0
     else:
         assert forced == 0
         assert evicted == 0
