@@ -21,6 +21,12 @@ class Activity:
         self.clock: dict[str, float] = {}  # per model: its newest prediction time
         self._fresh: set[VersionKey] = set()  # seen since the last take_idle
 
+    def clear(self) -> None:
+        """Forget everything (the engine's state was handed over: repartition)."""
+        self.last_seen.clear()
+        self.clock.clear()
+        self._fresh.clear()
+
     def saw(self, key: VersionKey, newest: float, prediction: bool = True) -> None:
         """Record activity of a version at event time ``newest``; predictions (not labels)
         also move their model's clock."""

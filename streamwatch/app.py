@@ -54,8 +54,8 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> App:
     quality = Quality(settings, profiles, activity)
     monitor = Monitor(settings, profiles, quality.slicers, activity)  # quality counts slices
     telemetry = Telemetry(registry, (settings.topics.predictions, settings.topics.labels))
-    registry.register(MonitorCollector(monitor))
-    registry.register(QualityCollector(quality))
     health = Health(settings.worker.stall_seconds)
+    registry.register(MonitorCollector(monitor, lambda: health.rebuilding))
+    registry.register(QualityCollector(quality, lambda: health.rebuilding))
     registry.register(HealthCollector(health))
     return App(settings, registry, Pipeline(settings, monitor, quality, telemetry), health)

@@ -479,6 +479,33 @@ class WorkerSettings(_Section):
     shutdown_grace_seconds: float = Field(default=20.0, gt=0, le=600)
 
 
+class EngineSettings(_Section):
+    """Where a model version's detectors and windows live (docs/architecture.md).
+
+    ``local``: in each worker, fed by the partitions it owns; exact with one worker.
+    ``repartition``: every worker decodes, admits and routes its partitions' records to an
+    internal topic keyed by model version; the one owner of a version's internal partition
+    keeps all of its state, so results do not depend on how many workers there are."""
+
+    mode: Literal["local", "repartition"] = "local"
+    # the internal topic, created at start with the predictions topic's partition count;
+    # null: "<kafka.group_id>-engine"
+    topic: str | None = None
+    # how long the internal topic keeps records: a version's new owner (after a rebalance)
+    # rebuilds its state from what is kept
+    retention_hours: float = Field(default=168, gt=0)
+
+    @field_validator("topic")
+    @classmethod
+    def _legal_topic(cls, name: str | None) -> str | None:
+        if name is not None and not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", name):
+            raise _problem(
+                f"{name!r} is not a legal Kafka topic name",
+                "use 1-249 characters from letters, digits, '.', '_' and '-'",
+            )
+        return name
+
+
 class ExporterSettings(_Section):
     # Loopback by default; in a container, set 0.0.0.0 so Prometheus can reach the pod.
     address: str = "127.0.0.1"
@@ -571,6 +598,7 @@ class Settings(BaseSettings):
     event_time: EventTimeSettings = EventTimeSettings()
     quality: QualitySettings = QualitySettings()
     worker: WorkerSettings = WorkerSettings()
+    engine: EngineSettings = EngineSettings()
     exporter: ExporterSettings = ExporterSettings()
     gate: GateSettings = GateSettings()
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import confluent_kafka
@@ -195,10 +195,13 @@ class MonitorCollector(Collector):
     """The detection engine's state, built fresh at each scrape from a snapshot: a series
     whose model version, window or score went away simply stops appearing."""
 
-    def __init__(self, monitor: Monitor) -> None:
+    def __init__(self, monitor: Monitor, hidden: Callable[[], bool] = lambda: False) -> None:
         self.monitor = monitor
+        self.hidden = hidden  # while the engine rebuilds (repartition): no version series
 
     def collect(self) -> Iterator[Metric]:
+        if self.hidden():
+            return
         snap = self.monitor.snapshot()
         g, c = GaugeMetricFamily, CounterMetricFamily
         yield _family(
@@ -310,10 +313,13 @@ SLICE = SEGMENT
 class QualityCollector(Collector):
     """Labels, the join and quality scores, built fresh at each scrape."""
 
-    def __init__(self, quality: Quality) -> None:
+    def __init__(self, quality: Quality, hidden: Callable[[], bool] = lambda: False) -> None:
         self.quality = quality
+        self.hidden = hidden  # while the engine rebuilds (repartition): no version series
 
     def collect(self) -> Iterator[Metric]:
+        if self.hidden():
+            return
         snap = self.quality.snapshot()
         g, c = GaugeMetricFamily, CounterMetricFamily
         yield _family(
@@ -565,6 +571,8 @@ class Health:
         self.assigned = 0
         self.last_poll = time.monotonic()
         self.problem: str | None = None  # what keeps the worker from checkpointing
+        # repartition: the engine rebuilds its internal partitions' state from the start
+        self.rebuilding = False
 
     def ready(self) -> tuple[bool, str]:
         if self.problem is not None:

@@ -306,6 +306,16 @@ class Monitor:
         self.activity = activity or Activity(settings.exporter.retire_after_seconds)
         self._lock = threading.Lock()
 
+    def reset(self) -> None:
+        """Forget every segment (repartition: the versions moved to another worker, or
+        are rebuilt here from the start)."""
+        with self._lock:
+            self.versions.clear()
+            self.states.clear()
+            self.alarms.clear()
+            self.last_alarm.clear()
+            self.alarm_log.clear()
+
     # -- the batch ----------------------------------------------------------------------
     def apply(
         self, predictions: list[Prediction], rejections: Iterable[Rejection] = ()

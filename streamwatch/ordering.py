@@ -32,10 +32,13 @@ partition's waiting records are dropped unapplied, for its next owner to read.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from streamwatch.decode import Label, Prediction
+
+log = logging.getLogger(__name__)
 
 Key = tuple[str, int]  # (topic, partition)
 Record = Prediction | Label
@@ -51,6 +54,7 @@ class _Partition:
     waiting: list[Record] = field(default_factory=list)
     newest: float | None = None  # the newest event time read
     heard: float = 0.0  # wall clock of the last record read (or of the assignment)
+    idle: bool = False  # reported idle by the stage that reads it (repartition)
 
 
 class EventOrder:
@@ -63,8 +67,12 @@ class EventOrder:
         reorder_seconds: float,
         idle_seconds: float,
         max_waiting: int,
+        newest_from_records: bool = True,
     ) -> None:
         self.topics = (predictions_topic, labels_topic)
+        # False: a partition's progress comes from progress() only (stage 2 of repartition,
+        # where stage 1 reports it: it may hold labels back that records would pass)
+        self.newest_from_records = newest_from_records
         self.reorder_seconds = reorder_seconds
         self.idle_seconds = idle_seconds
         self.max_waiting = max_waiting
@@ -106,10 +114,24 @@ class EventOrder:
             if state is None:
                 state = self.partitions[key] = _Partition()
             state.waiting.append(r)
-            if state.newest is None or r.timestamp > state.newest:
-                state.newest = r.timestamp
-            state.heard = now
+            state.idle = False  # a partition that sends is not idle
+            if self.newest_from_records:
+                if state.newest is None or r.timestamp > state.newest:
+                    state.newest = r.timestamp
+                state.heard = now
         self.waiting += len(records)
+
+    def progress(self, key: Key, newest: float | None, idle: bool, now: float) -> None:
+        """A partition's progress, reported by the stage that reads it (repartition): the
+        newest event time it will not send anything older than (by ``reorder_seconds``),
+        and whether it is idle."""
+        state = self.partitions.get(key)
+        if state is None:
+            state = self.partitions[key] = _Partition()
+        if newest is not None and (state.newest is None or newest > state.newest):
+            state.newest = newest
+        state.idle = idle
+        state.heard = now
 
     def release(
         self,
@@ -129,7 +151,7 @@ class EventOrder:
             for key, state in self.partitions.items():
                 if key[0] != topic:
                     continue
-                idle = (
+                idle = state.idle or (
                     lags.get(key, 0) <= 0
                     and key not in held
                     and now - state.heard >= self.idle_seconds
@@ -183,7 +205,15 @@ class EventOrder:
             for r in state.waiting:
                 if r.timestamp < threshold:
                     out.append(r)
-                    late += r.timestamp < already
+                    if r.timestamp < already:
+                        late += 1
+                        log.debug(
+                            "out of order: %s partition %d at %.3f, after %.3f had left",
+                            topic,
+                            r.partition,
+                            r.timestamp,
+                            already,
+                        )
                 elif forced is not None and order_key(r) < forced:
                     out.append(r)
                     forced_n += 1

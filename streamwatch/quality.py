@@ -242,6 +242,28 @@ class Quality:
         self._delays: list[tuple[str, float]] = []
         self._lock = threading.Lock()
 
+    def reset(self) -> None:
+        """Forget everything but the configuration and the profiles (repartition: the
+        versions moved to another worker, or are rebuilt here from the start). The slicer
+        objects are replaced in the same dict, which the monitor shares."""
+        with self._lock:
+            for name, spec in self.specs.items():
+                self.slicers[name] = Slicer(spec.slices)
+                self.classes[name] = {c: j for j, c in enumerate(spec.classes)}
+            self.keys = Keys()
+            for table in (self.partitions, self.windows, self.estimates, self.detectors):
+                table.clear()
+            self.totals.clear()
+            self.prediction_watermark = float("-inf")
+            self.expired.clear()
+            self.joined.clear()
+            self.unmatched_labels = self.duplicate_labels = self.evicted_labels = 0
+            self.duplicate_predictions.clear()
+            self.concept_alarms.clear()
+            self.concept_last_alarm.clear()
+            self.activity.clear()
+            self._delays = []
+
     # -- partition ownership ------------------------------------------------------------
     def assign(self, partitions: Iterable[int]) -> None:
         with self._lock:

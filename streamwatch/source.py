@@ -17,7 +17,6 @@ counts it gives partition p of each topic to the same worker, which the label jo
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -179,7 +178,12 @@ class Source:
     def commit(self, wait: bool = False) -> None:
         """Commit the stored offsets, asynchronously (the result arrives in ``on_commit``),
         or with ``wait`` synchronously: on revoke, so that the next owner of a partition
-        starts where this worker stopped (a revoke needs a reachable coordinator anyway)."""
+        starts where this worker stopped (a revoke needs a reachable coordinator anyway).
+        The synchronous commit runs in the rebalance callback's own thread (tried on a
+        helper thread with a time budget, it did not return while the callback ran); it is
+        bounded
+        by librdkafka's request timeout (``socket.timeout.ms``, 60 s by default), well
+        inside the group's rebalance timeout (``max.poll.interval.ms``, 300 s)."""
         try:
             if wait:
                 self._consumer.commit(asynchronous=False)
@@ -191,25 +195,6 @@ class Source:
         except KafkaException as error:
             if error.args[0].code() != KafkaError._NO_OFFSET:
                 self.commit_error = str(error.args[0].str())
-
-    def commit_within(self, timeout: float) -> bool:
-        """Commit the stored offsets synchronously, giving up after ``timeout`` (the revoke
-        path: a coordinator that does not answer must not hold the rebalance, and the
-        group, for ever). The commit runs on a helper thread (librdkafka's handle is
-        thread-safe); if it has not returned in time, the revoke goes on, the commit may
-        still land, and at worst the next owner re-reads from the last commit
-        (at-least-once). True if it returned in time without an error."""
-        done = threading.Event()
-
-        def commit() -> None:
-            self.commit(wait=True)
-            done.set()
-
-        threading.Thread(target=commit, name="revoke-commit", daemon=True).start()
-        if not done.wait(timeout):
-            self.commit_error = f"no answer to the revoke commit within {timeout:g}s"
-            return False
-        return self.commit_error is None
 
     def _committed(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
         self.commits_in_flight = max(0, self.commits_in_flight - 1)

@@ -34,7 +34,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import KafkaException, Message, TopicPartition
 
 from streamwatch.admission import EventClock, VersionCap
 from streamwatch.alignment import Alignment
@@ -46,6 +46,14 @@ from streamwatch.exporter import Health, Telemetry
 from streamwatch.monitor import Alarm, AlarmKey, Monitor
 from streamwatch.ordering import EventOrder, Key
 from streamwatch.quality import ConceptAlarm, Quality
+from streamwatch.repartition import (
+    MARKER_HEADER,
+    SOURCE_HEADER,
+    EngineLink,
+    Router,
+    header,
+    parse_progress,
+)
 from streamwatch.source import Source
 
 log = logging.getLogger(__name__)
@@ -78,6 +86,7 @@ class Pipeline:
     def __init__(
         self, settings: Settings, monitor: Monitor, quality: Quality, telemetry: Telemetry
     ) -> None:
+        self.settings = settings
         self.topics = settings.topics
         self.decoder = Decoder(settings)
         self.clock = EventClock(settings)
@@ -94,6 +103,8 @@ class Pipeline:
             et.max_waiting_events,
         )
         self.processed = 0
+        self.held_by_router = 0  # repartition: labels stage 1 holds for their prediction
+        self.source_partitions = 1  # repartition: of each input topic (lanes)
         self._announced: set[AlarmKey] = set()
 
     def process(
@@ -116,12 +127,84 @@ class Pipeline:
         self._count_order()
         return outcome
 
+    def process_engine(
+        self,
+        messages: Sequence[Message],
+        dead_letters: DeadLetters | None,
+        now: float,
+        lags: Mapping[int, int] | None = None,
+    ) -> Outcome:
+        """Stage 2 of repartition: messages of the internal topic (records as stage 1 read
+        and admitted them, and the source partitions' progress) through the event order to
+        the engine. ``lags``: messages left per internal partition; a lane of one that has
+        some is never idle (its progress reports are still to be read)."""
+        predictions: list[Prediction] = []
+        labels: list[Label] = []
+        rejected: list[Rejection] = []
+        for m in messages:
+            # a lane: one source partition's records within one internal partition, in the
+            # order stage 1 sent them (its progress reports follow them there)
+            base = (m.partition() or 0) * self.source_partitions
+            if header(m, MARKER_HEADER) is not None:
+                (topic, partition), newest, idle = parse_progress(m)
+                self.order.progress((topic, base + partition), newest, idle, now)
+                continue
+            source = (header(m, SOURCE_HEADER) or b"//").decode().rsplit("/", 2)
+            topic, offset = source[0], int(source[2] or 0)
+            partition = base + int(source[1] or 0)  # the lane (the join is per lane)
+            read = m.headers() or []
+            pairs = read.items() if isinstance(read, dict) else read
+            headers = [(k, v) for k, v in pairs if k != SOURCE_HEADER]
+            args = (m.value(), m.key(), headers, topic, partition, offset)
+            record = (
+                self.decoder.prediction(*args)
+                if topic == self.topics.predictions
+                else self.decoder.label(*args)
+            )
+            if isinstance(record, Rejection):  # stage 1 decoded it: another configuration
+                rejected.append(record)
+            elif isinstance(record, Prediction):
+                predictions.append(record)
+            else:
+                labels.append(record)
+        self.reject(rejected, dead_letters)
+        self.order.add(predictions, labels, now)
+        n = self.source_partitions
+        lane_lags = {key: (lags or {}).get(key[1] // n, 0) for key in self.order.partitions}
+        outcome = self.apply(Decoded(*self.order.release(now, lane_lags), rejected))
+        self._count_order()
+        return outcome
+
+    def reset_engine(self, internal: list[int], source_partitions: int, now: float) -> None:
+        """Stage 2 of repartition, on a change of its internal partitions: start the
+        engine afresh (it rebuilds from the start), waiting for every lane: each source
+        partition of both topics within each ``internal`` partition."""
+        self.monitor.reset()
+        self.quality.reset()
+        self.versions = VersionCap(self.settings)
+        self._announced.clear()
+        et = self.settings.event_time
+        self.order = EventOrder(
+            self.topics.predictions,
+            self.topics.labels,
+            et.reorder_seconds,
+            et.idle_seconds,
+            et.max_waiting_events,
+            newest_from_records=False,
+        )
+        self.source_partitions = source_partitions
+        lanes = [j * source_partitions + p for j in internal for p in range(source_partitions)]
+        topics = (self.topics.predictions, self.topics.labels)
+        self.order.assign([(t, lane) for lane in lanes for t in topics], now)
+
     @property
     def handled(self) -> int:
         """Messages read and done with (applied or rejected): not those still waiting in
         the event order, nor those left with revoked partitions (their next owner reads
-        them again)."""
-        return self.processed - self.order.waiting - self.order.dropped
+        them again). With repartition, stage 1's: forwarded or rejected."""
+        if self.order.newest_from_records:
+            return self.processed - self.order.waiting - self.order.dropped
+        return self.processed - self.held_by_router
 
     def drain(self) -> Outcome:
         """Apply every record still waiting (the end of a finite stream)."""
@@ -297,6 +380,11 @@ class Worker:
         # per partition: the next offset after the last one read, and the offset stored
         self._consumed: dict[Key, int] = {}
         self._stored: dict[Key, int] = {}
+        # repartition (engine.mode): stage 1 routes, stage 2 reads the internal topic
+        self.link = EngineLink(settings) if settings.engine.mode == "repartition" else None
+        self.router: Router | None = None
+        self._sources: list[Key] = []  # every source partition (both topics)
+        self._last_read: dict[Key, float] = {}  # wall clock of each partition's last message
 
     def check(self) -> None:
         """Refuse to start on an unreachable cluster, missing topics or topics that are not
@@ -310,6 +398,11 @@ class Worker:
                 f"a prediction and its label land on the same worker: repartition one of them"
             )
         self.dead_letters.check(self.settings.kafka.connect_timeout_seconds)
+        if self.link is not None:
+            partitions = counts[predictions]
+            self.link.ensure_topic(partitions, self.settings.kafka.connect_timeout_seconds)
+            self.router = Router(self.settings, partitions, labels)
+            self._sources = [(t, p) for p in range(partitions) for t in (predictions, labels)]
 
     def run(self, stop: threading.Event) -> bool:
         """Consume until ``stop`` is set, then finish the batch, checkpoint and close.
@@ -320,12 +413,17 @@ class Worker:
         deadline = float("inf")
         try:
             self.source.subscribe()
+            if self.link is not None:
+                self.pipeline.reset_engine([], len(self._sources) // 2, time.monotonic())
+                self.link.subscribe(self._engine_assigned, self._engine_revoked)
             last_commit = time.monotonic()
             while not stop.is_set():
                 messages = self.source.consume(w.batch_size, w.poll_timeout_seconds)
                 now = self.health.last_poll = time.monotonic()
                 lags = self.source.lag()
-                if messages or self.pipeline.order.waiting:
+                if self.link is not None:
+                    self._repartition(messages, now, lags)
+                elif messages or self.pipeline.order.waiting:
                     paused = self._held()
                     with self.telemetry.batch_duration.time():
                         self.pipeline.process(messages, self.dead_letters, now, lags, paused)
@@ -349,9 +447,9 @@ class Worker:
         """Close the consumer (leaving the group) within ``timeout``: in an outage the
         leave can wait for a coordinator that is not there."""
         if timeout == float("inf"):
-            self.source.close()
+            self._close_all()
             return True
-        closer = threading.Thread(target=self.source.close, name="close", daemon=True)
+        closer = threading.Thread(target=self._close_all, name="close", daemon=True)
         closer.start()
         closer.join(timeout)
         if closer.is_alive():
@@ -359,9 +457,14 @@ class Worker:
             return False
         return True
 
+    def _close_all(self) -> None:
+        self.source.close()
+        if self.link is not None:
+            self.link.close()
+
     def checkpoint(self, timeout: float, wait: bool = False) -> bool:
         """Dead letters acknowledged first, input offsets committed second (``wait``: a
-        synchronous commit, within ``timeout`` too). Returns False, pausing consumption,
+        synchronous commit). Returns False, pausing consumption,
         while the dead letters are not acknowledged."""
         if not self.dead_letters.flush(timeout):
             self.telemetry.checkpoint_failures.labels("dead_letters").inc()
@@ -376,22 +479,76 @@ class Worker:
                 self.source.pause()
                 self._paused = True
             return False
+        if self.link is not None and not self.link.flush(timeout):
+            self.telemetry.checkpoint_failures.labels("engine").inc()
+            log.warning(
+                "engine topic %r does not acknowledge (%s): committing nothing until it does",
+                self.link.topic,
+                self.link.last_error,
+            )
+            return False
         if self._paused:
             log.info("dead letters acknowledged; resuming consumption")
             self.source.resume()
             if self.alignment is not None:
                 self.alignment.reset()  # the next batch pauses what is still ahead
             self._paused = False
-        if not wait:
-            self.source.commit()
-        elif not self.source.commit_within(timeout):
-            log.warning(
-                "revoke: offsets not committed within %gs (%s): the next owner may re-read "
-                "from the last commit",
-                timeout,
-                self.source.commit_error,
-            )
+        self.source.commit(wait)
         return True
+
+    # -- repartition ---------------------------------------------------------------------
+    def _repartition(
+        self, messages: Sequence[RawMessage], now: float, lags: Mapping[Key, int]
+    ) -> None:
+        """Stage 1 on this batch (route it, report progress), then a batch of stage 2."""
+        assert self.link is not None
+        assert self.router is not None
+        pipeline = self.pipeline
+        if messages:
+            with self.telemetry.batch_duration.time():
+                decoded = pipeline.decode(messages)
+                pipeline.reject(decoded.rejected, self.dead_letters)
+                pipeline.processed += len(messages)
+                raw = {(m.topic() or "", m.partition() or 0, m.offset() or 0): m for m in messages}
+                for key in raw:
+                    self._last_read[key[:2]] = now
+                routed = self.router.route(
+                    decoded.predictions, decoded.labels, raw, self.settings.topics.predictions
+                )
+                for partition, message in routed:
+                    self.link.send(partition, message)
+                pipeline.held_by_router = self.router.holding
+            self._store(messages)
+        self._report_progress(now, lags)
+        self.link.poll()
+        engine = self.link.consume(self.settings.worker.batch_size, 0.0)
+        pipeline.process_engine(engine, self.dead_letters, now, self.link.lags())
+        self.health.rebuilding = not self.link.caught_up()
+
+    def _report_progress(self, now: float, lags: Mapping[Key, int]) -> None:
+        """Each owned source partition's progress, to every internal partition: the newest
+        event time admitted (for labels, never past one held here), and whether it is idle."""
+        assert self.link is not None
+        assert self.router is not None
+        held = self._held()
+        earliest = self.router.earliest_held()
+        idle_after = self.settings.event_time.idle_seconds
+        for tp in self.source.assignment:
+            key = (tp.topic, tp.partition)
+            newest = self.pipeline.clock.watermarks.get(key)
+            if tp.topic == self.settings.topics.labels and tp.partition in earliest:
+                newest = min(newest or float("inf"), earliest[tp.partition])
+            quiet = now - self._last_read.setdefault(key, now)
+            idle = lags.get(key, 0) <= 0 and key not in held and quiet >= idle_after
+            self.link.progress(key, newest, idle)
+
+    def _engine_assigned(self, partitions: list[int]) -> None:
+        self.pipeline.reset_engine(partitions, len(self._sources) // 2, time.monotonic())
+        self.health.rebuilding = True
+
+    def _engine_revoked(self, partitions: list[int]) -> None:
+        # the versions go to their new owner, which rebuilds them: their series leave here
+        self.pipeline.reset_engine([], len(self._sources) // 2, time.monotonic())
 
     def _held(self) -> set[Key]:
         """The partitions paused by this worker (they have data: never idle)."""
@@ -407,7 +564,11 @@ class Worker:
             if topic is not None and partition is not None and offset is not None:
                 key = (topic, partition)
                 self._consumed[key] = max(self._consumed.get(key, 0), offset + 1)
-        offsets = self.pipeline.order.next_offsets(self._consumed)
+        offsets = (
+            self.pipeline.order.next_offsets(self._consumed)
+            if self.router is None
+            else self.router.next_offsets(self._consumed)
+        )
         changed = {k: o for k, o in offsets.items() if self._stored.get(k) != o}
         if changed:
             self.source.store_offsets(changed)
@@ -507,7 +668,9 @@ class Worker:
         owned = [tp.partition for tp in partitions if tp.topic == self.settings.topics.predictions]
         self.pipeline.quality.revoke(owned)  # the join state; the engine's stays
         keys = [(tp.topic, tp.partition) for tp in partitions]
-        dropped = self.pipeline.order.revoke(keys)
+        if self.router is not None:
+            self.router.revoke(p for t, p in keys if t == self.settings.topics.labels)
+        dropped = 0 if self.link is not None else self.pipeline.order.revoke(keys)
         if dropped:
             log.info("%d record(s) waiting in the event order left with their partitions", dropped)
         for key in keys:

@@ -1,0 +1,83 @@
+"""Stage 1 of repartition: every record goes to its model version's internal partition, a
+label to its prediction's, and a label that comes first waits for it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streamwatch.config import parse_settings
+from streamwatch.decode import Label, Prediction
+from streamwatch.join import id_hash
+from streamwatch.repartition import Router, route_of
+from streamwatch.simulation import Record
+
+P, L = "predictions", "labels"
+SETTINGS = parse_settings(
+    {
+        "models": [{"name": "m", "task": "binary", "features": [{"name": "x", "type": "numeric"}]}],
+        "labels": {"early_hold_seconds": 60, "ttl_seconds": 3600},
+    }
+)
+
+
+def pred(i: int, version: str, t: float, partition: int = 0) -> Prediction:
+    return Prediction(f"p{i}", "m", version, t, {}, 0.5, None, None, {}, partition, i)
+
+
+def label(i: int, t: float, partition: int = 0, offset: int | None = None) -> Label:
+    return Label(f"p{i}", 1.0, t, partition, i if offset is None else offset)
+
+
+def raw(records: list[Any], topic: str) -> dict[tuple[str, int, int], Record]:
+    return {
+        (topic, r.partition, r.offset): Record(
+            topic, r.prediction_id.encode(), None, r.partition, r.offset
+        )
+        for r in records
+    }
+
+
+def routed(router: Router, preds: list[Prediction], labels: list[Label]) -> list[tuple[int, str]]:
+    messages = raw(preds, P) | raw(labels, L)
+    out = router.route(preds, labels, messages, P)
+    return [(partition, f"{m.topic()}:{(m.value() or b'').decode()}") for partition, m in out]
+
+
+def test_a_version_has_one_internal_partition_and_every_worker_agrees() -> None:
+    spread = {route_of("m", f"v{i}", 4) for i in range(40)}
+    assert spread == {0, 1, 2, 3}
+    assert route_of("m", "v7", 4) == route_of("m", "v7", 4)
+
+
+def test_a_label_goes_where_its_prediction_went() -> None:
+    router = Router(SETTINGS, 4, L)
+    v1, v2 = route_of("m", "v1", 4), route_of("m", "v2", 4)
+    out = routed(router, [pred(1, "v1", 10.0), pred(2, "v2", 11.0)], [])
+    assert out == [(v1, "predictions:p1"), (v2, "predictions:p2")]
+    assert routed(router, [], [label(2, 20.0), label(1, 21.0)]) == [
+        (v2, "labels:p2"),
+        (v1, "labels:p1"),
+    ]
+
+
+def test_a_label_that_comes_first_waits_for_its_prediction_and_holds_back_progress() -> None:
+    router = Router(SETTINGS, 4, L)
+    assert routed(router, [], [label(5, 30.0, offset=7)]) == []
+    assert router.holding == 1
+    assert router.earliest_held() == {0: 30.0}
+    assert router.next_offsets({(L, 0): 8}) == {(L, 0): 7}  # never committed past it
+    v3 = route_of("m", "v3", 4)
+    assert routed(router, [pred(5, "v3", 25.0)], []) == [
+        (v3, "predictions:p5"),
+        (v3, "labels:p5"),
+    ]
+    assert router.holding == 0
+
+
+def test_a_label_whose_prediction_never_comes_goes_on_to_be_counted_unmatched() -> None:
+    router = Router(SETTINGS, 4, L)
+    routed(router, [], [label(9, 100.0)])
+    # its partition's predictions move past it by more than early_hold_seconds (60)
+    out = routed(router, [pred(10, "v1", 200.0)], [])
+    assert (id_hash("p9") % 4, "labels:p9") in out  # a partition chosen by its id
+    assert router.holding == 0
