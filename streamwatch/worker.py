@@ -105,6 +105,10 @@ class Pipeline:
         self.processed = 0
         self.held_by_router = 0  # repartition: labels stage 1 holds for their prediction
         self.source_partitions = 1  # repartition: of each input topic (lanes)
+        # repartition: stage 1 counts the events it forwards (once), stage 2 does not (it
+        # applies them again when it rebuilds); rebuilding: stage 2 is catching up
+        self.count_events = True
+        self.rebuilding = False
         self._announced: set[AlarmKey] = set()
 
     def process(
@@ -183,6 +187,7 @@ class Pipeline:
         self.quality.reset()
         self.versions = VersionCap(self.settings)
         self._announced.clear()
+        self.count_events = False
         et = self.settings.event_time
         self.order = EventOrder(
             self.topics.predictions,
@@ -294,10 +299,13 @@ class Pipeline:
                 concept.slice,
                 concept.detector,
             )
-        for model, delay in self.quality.take_label_delays():
-            self.telemetry.label_delay.labels(model).observe(delay)
+        delays = self.quality.take_label_delays()
+        if not self.rebuilding:  # a rebuild (repartition) applies events seen before
+            for model, delay in delays:
+                self.telemetry.label_delay.labels(model).observe(delay)
         self._retire_idle_versions()
-        self._count(self.topics.predictions, predictions, labels)
+        if self.count_events:
+            self._count(self.topics.predictions, predictions, labels)
         return Outcome(rejected, alarms, concept_alarms)
 
     def _retire_idle_versions(self) -> None:
@@ -322,10 +330,15 @@ class Pipeline:
             self.quality.forget_version(model, version)
         t = self.telemetry
         for model, n in overflow.items():
-            t.version_overflow.labels(model).inc(n)
+            if not self.rebuilding:
+                t.version_overflow.labels(model).inc(n)
         for model, n in self.versions.tracked().items():
             t.versions_tracked.labels(model).set(n)
         return capped
+
+    def count(self, predictions: list[Prediction], labels: list[Label]) -> None:
+        """Count events (repartition: stage 1, as it forwards them)."""
+        self._count(self.topics.predictions, predictions, labels)
 
     def _count(
         self, predictions_topic: str, predictions: list[Prediction], labels: list[Label]
@@ -515,6 +528,7 @@ class Worker:
                 routed = self.router.route(
                     decoded.predictions, decoded.labels, raw, self.settings.topics.predictions
                 )
+                pipeline.count(decoded.predictions, decoded.labels)
                 for partition, message in routed:
                     self.link.send(partition, message)
                 pipeline.held_by_router = self.router.holding
@@ -523,7 +537,7 @@ class Worker:
         self.link.poll()
         engine = self.link.consume(self.settings.worker.batch_size, 0.0)
         pipeline.process_engine(engine, self.dead_letters, now, self.link.lags())
-        self.health.rebuilding = not self.link.caught_up()
+        self.health.rebuilding = pipeline.rebuilding = not self.link.caught_up()
 
     def _report_progress(self, now: float, lags: Mapping[Key, int]) -> None:
         """Each owned source partition's progress, to every internal partition: the newest
@@ -544,7 +558,7 @@ class Worker:
 
     def _engine_assigned(self, partitions: list[int]) -> None:
         self.pipeline.reset_engine(partitions, len(self._sources) // 2, time.monotonic())
-        self.health.rebuilding = True
+        self.health.rebuilding = self.pipeline.rebuilding = True
 
     def _engine_revoked(self, partitions: list[int]) -> None:
         # the versions go to their new owner, which rebuilds them: their series leave here

@@ -112,10 +112,12 @@ def test_replay_and_any_partition_count_raise_the_same_alarms(
         def total(name: str, **labels: str) -> float:
             return sum(w.sample(name, **labels) for w in processes)
 
-        def done() -> bool:
+        version = {"model": model, "model_version": "2026.11.1"}
+
+        def done() -> bool:  # every prediction and label applied by the engine
             return (
-                total("streamwatch_events_total", topic=topics.predictions, model=model) == EVENTS
-                and total("streamwatch_events_total", topic=topics.labels, model="") == EVENTS
+                total("streamwatch_predictions_total", **version) == EVENTS
+                and total("streamwatch_labelled_events_total", **version, slice="__all__") == EVENTS
                 and total("streamwatch_events_waiting", topic=topics.labels) == 0
             )
 
