@@ -154,6 +154,7 @@ def run_on_kafka(app: App, scenario: Scenario, bootstrap_servers: str) -> DemoRe
 
     stop = threading.Event()
     worker = app.worker()
+    worker.drain_on_stop = True
     consuming = Progress(total, "consuming")
 
     def watch() -> None:
@@ -167,7 +168,6 @@ def run_on_kafka(app: App, scenario: Scenario, bootstrap_servers: str) -> DemoRe
     watcher.start()
     worker.run(stop)
     watcher.join()
-    app.pipeline.drain()  # the stream ends: what waits for later records is applied now
     consuming.close()
     return _result(app)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import heapq
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -183,6 +183,18 @@ class Scenario:
             ),
         ]
         return kinds[(i // 1000) % len(kinds)]
+
+
+def spread(records: Iterable[Record], partitions: int) -> dict[tuple[str, int], list[Record]]:
+    """Messages spread over ``partitions`` of their topic by their key (the prediction id's
+    number), as producers keying by id spread them, each with its partition and offset."""
+    queues: dict[tuple[str, int], list[Record]] = {}
+    for r in records:
+        key = r.key() or b""
+        p = int(key.decode().rsplit("-", 1)[1]) % partitions if key else 0
+        queue = queues.setdefault((r.topic(), p), [])
+        queue.append(Record(r.topic(), r.value(), r.key(), p, len(queue)))
+    return queues
 
 
 def record(scenario: Scenario, folder: Path, training_rows: int = 20_000) -> dict[str, int]:

@@ -390,6 +390,9 @@ class Worker:
             None if align is None else Alignment(topics.predictions, topics.labels, align)
         )
         self._stopping = False
+        # at a stop, apply the records still waiting in the event order (the demo's finite
+        # stream); `run` leaves them uncommitted for the next start to read
+        self.drain_on_stop = False
         # per partition: the next offset after the last one read, and the offset stored
         self._consumed: dict[Key, int] = {}
         self._stored: dict[Key, int] = {}
@@ -448,6 +451,8 @@ class Worker:
                     last_commit = time.monotonic()
                 self._report_health()
             deadline = time.monotonic() + w.shutdown_grace_seconds
+            if self.drain_on_stop:  # a finite stream (the demo): apply what still waits
+                self.pipeline.drain()
             self._stopping = True
             self._final_checkpoint(w.shutdown_grace_seconds * 0.75)
         finally:

@@ -27,6 +27,7 @@ BACKTEST = [
     "demo-data/fraud-detector-2026.11.1.json --predictions demo-data/predictions.jsonl --out "
     "demo-data/backtest",
 ]
+PARTITIONS = ".venv/bin/python bench/partitions/run.py"
 BENCH = ".venv/bin/python bench/detection/run.py"
 LABELS_BENCH = ".venv/bin/python bench/labels/run.py"
 SOAK = ".venv/bin/python bench/soak/run.py"
@@ -46,6 +47,7 @@ def test_the_readme_shows_the_commands_this_file_runs() -> None:
         ".venv/bin/streamwatch run --config examples/streamwatch.yaml",
         "curl -s localhost:9308/metrics",
         *BACKTEST,
+        PARTITIONS,
         BENCH,
         LABELS_BENCH,
         SOAK,
@@ -170,6 +172,20 @@ def test_baseline_and_backtest() -> None:
         assert (data / "backtest" / "timeline.csv").stat().st_size > 0
     finally:
         shutil.rmtree(data, ignore_errors=True)
+
+
+def test_the_partitions_benchmark_makes_the_readme_table() -> None:
+    """Every alarm the same from 1, 4 and 12 partitions; the README's rows as printed, but
+    for the messages/s columns (measured again in every run)."""
+    result = _run(PARTITIONS, timeout=900)
+    assert result.returncode == 0, result.stderr
+    rows = [r for r in result.stdout.splitlines() if re.match(r"\| \d+ \|", r)]
+    assert [r.split(" | ")[0] for r in rows] == ["| 1", "| 4", "| 12"]
+    for row in rows:
+        cells = row.split(" | ")
+        assert cells[4] == "yes", row  # the same alarms as from one partition
+        alarms = " | ".join(cells[:6])  # the alarm columns, the same in every run
+        assert alarms in README, row
 
 
 def test_the_detection_benchmark_makes_the_readme_table() -> None:

@@ -16,7 +16,7 @@ from streamwatch.app import build
 from streamwatch.config import parse_settings
 from streamwatch.decode import Label, Prediction
 from streamwatch.ordering import EventOrder, order_key
-from streamwatch.simulation import DEMO_CONFIG, Record, Scenario
+from streamwatch.simulation import DEMO_CONFIG, Scenario, spread
 from streamwatch.worker import Pipeline
 
 P, L = "predictions", "labels"
@@ -151,12 +151,7 @@ def _run(partitions: int, batch: int, seed: int) -> tuple[Any, ...]:
     """The demo's stream, its messages spread over ``partitions`` (by prediction id, as
     Kafka's key hash would), read in fetches of one partition at a time."""
     scenario = Scenario(events=8000, drift_at=4000, concept_at=5500, seed=3)
-    queues: dict[tuple[str, int], list[Record]] = {}
-    for r in scenario.records():
-        key = r.key() or b""
-        p = int(key.decode().rsplit("-", 1)[1]) % partitions if key else 0
-        queue = queues.setdefault((r.topic(), p), [])
-        queue.append(Record(r.topic(), r.value(), r.key(), p, len(queue)))
+    queues = spread(scenario.records(), partitions)
     rng = random.Random(seed)
     pipeline = _pipeline()
     now = 0.0
