@@ -67,6 +67,8 @@ class Router:
         self.ttl = settings.labels.ttl_seconds
         self.hold = settings.labels.early_hold_seconds
         self.hold_budget = settings.labels.early_hold_max_labels
+        self.hold_idle = settings.labels.early_hold_idle_seconds
+        self._moved: dict[int, float] = {}  # wall clock: a partition's predictions last moved
         self.routes = PendingPredictions({"route": np.int16})
         # per labels partition: the labels held (their times), and its predictions' newest
         # event time: a held label waits for its own partition's predictions
@@ -85,8 +87,10 @@ class Router:
         labels: list[Label],
         raw: Mapping[tuple[str, int, int], RawMessage],
         predictions_topic: str,
+        now: float | None = None,
     ) -> list[tuple[int, RawMessage]]:
         """The (internal partition, message) pairs to send for one decoded batch."""
+        now = time.monotonic() if now is None else now
         out: list[tuple[int, RawMessage]] = []
         if predictions:
             routes = np.array(
@@ -100,6 +104,7 @@ class Router:
             for p, r, key in zip(predictions, routes.tolist(), keys, strict=True):
                 if p.timestamp > marks.get(p.partition, float("-inf")):
                     marks[p.partition] = p.timestamp
+                    self._moved[p.partition] = now
                 out.append((r, raw[(predictions_topic, p.partition, p.offset)]))
                 held = self._held.pop(key, None)
                 if held is not None:  # its label came first: it follows its prediction now
@@ -118,12 +123,13 @@ class Router:
                 elif key in self._held:  # a second label while the first waits: unmatched
                     out.append((key % self.partitions, message))
                 else:
+                    self._moved.setdefault(lb.partition, now)
                     self._held[key] = (message, lb.partition, lb.offset)
                     self.early.setdefault(lb.partition, EarlyLabels()).hold(key, 0.0, lb.timestamp)
-        out += self._release()
+        out += self.release(now)
         return out
 
-    def _release(self) -> list[tuple[int, RawMessage]]:
+    def release(self, now: float) -> list[tuple[int, RawMessage]]:
         """Held labels past the early hold (or over its budget) go on to a partition chosen
         by their id, where the join counts them unmatched; routes past the TTL go."""
         self.routes.expire(self.label_watermark - self.ttl)
@@ -132,6 +138,8 @@ class Router:
         before = set(self._held)
         for partition, early in self.early.items():
             early.release_before(self.prediction_watermarks.get(partition, -1e300) - self.hold)
+            if early and now - self._moved.get(partition, now) > self.hold_idle:
+                early.release_all()  # its predictions stopped: they would wait for ever
         excess = len(self._held) - self.hold_budget
         if excess > 0:  # over the budget: the fullest partition's oldest first
             fullest = max(self.early.values(), key=len)

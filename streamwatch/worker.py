@@ -531,13 +531,17 @@ class Worker:
                 for key in raw:
                     self._last_read[key[:2]] = now
                 routed = self.router.route(
-                    decoded.predictions, decoded.labels, raw, self.settings.topics.predictions
+                    decoded.predictions, decoded.labels, raw, self.settings.topics.predictions, now
                 )
                 pipeline.count(decoded.predictions, decoded.labels)
                 for partition, message in routed:
                     self.link.send(partition, message)
                 pipeline.held_by_router = self.router.holding
             self._store(messages)
+        elif self.router.holding:  # held labels whose predictions stopped coming go on
+            for partition, message in self.router.release(now):
+                self.link.send(partition, message)
+            pipeline.held_by_router = self.router.holding
         self._report_progress(now, lags)
         self.link.poll()
         engine = self.link.consume(self.settings.worker.batch_size, 0.0)

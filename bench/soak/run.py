@@ -262,7 +262,7 @@ def main() -> int:
         samples: list[tuple[float, float, float, int, float]] = []  # t, rss, scrape s, bytes, done
         restarts: list[float] = []
         started = time.monotonic()
-        total = valid_predictions + n
+        total = valid_predictions + n + expected["unmatched"]  # every valid message
         done = 0.0
         stop = threading.Event()
 
@@ -311,7 +311,15 @@ def main() -> int:
                     for (name, _), v in final.items()
                     if name == "streamwatch_events_invalid_total"
                 )
-                if done >= total and invalid_seen >= sum(invalid.values()) and len(restarts) == 2:
+                waiting = sum(
+                    v for (name, _), v in final.items() if name == "streamwatch_events_waiting"
+                )
+                if (
+                    done >= total
+                    and not waiting  # none left in the event order
+                    and invalid_seen >= sum(invalid.values())
+                    and len(restarts) == 2
+                ):
                     break
                 time.sleep(2)
             stop.set()

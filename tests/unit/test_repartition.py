@@ -81,3 +81,19 @@ def test_a_label_whose_prediction_never_comes_goes_on_to_be_counted_unmatched() 
     out = routed(router, [pred(10, "v1", 200.0)], [])
     assert (id_hash("p9") % 4, "labels:p9") in out  # a partition chosen by its id
     assert router.holding == 0
+
+
+def test_held_labels_go_on_when_their_partitions_predictions_stop() -> None:
+    """A held label waits for its partition's predictions to move past it; if they stop
+    (the end of a stream), it goes on after labels.early_hold_idle_seconds of wall clock."""
+    router = Router(SETTINGS, 4, L)
+    assert routed_at(router, [], [label(3, 50.0)], now=0.0) == []
+    assert router.release(now=599.0) == []
+    assert [m.value() for _, m in router.release(now=601.0)] == [b"p3"]
+    assert router.holding == 0
+
+
+def routed_at(
+    router: Router, preds: list[Prediction], labels: list[Label], now: float
+) -> list[tuple[int, Any]]:
+    return router.route(preds, labels, raw(preds, P) | raw(labels, L), P, now)
