@@ -329,8 +329,12 @@ class Monitor:
             for (model, version), group in groups.items():
                 if version == OTHER:
                     continue  # many versions mixed: no reference, no detectors
-                raised += self._apply_group((model, version, ALL), group)
-                raised += self._apply_slices(model, version, group)
+                # the tie-breaking uniforms of the normal scores are keyed by the event's id
+                # (not its offset), so an event scores the same in any partition: hashed
+                # once per event, for the version and every slice segment
+                hashes = np.array([id_hash(p.prediction_id) for p in group], dtype=np.int64)
+                raised += self._apply_group((model, version, ALL), group, hashes)
+                raised += self._apply_slices(model, version, group, hashes)
                 self.activity.saw((model, version), max(p.timestamp for p in group))
             self._retire_idle_versions()
             self._count_type_errors(rejections)
@@ -376,7 +380,9 @@ class Monitor:
             del self.alarms[alarm]
             self.last_alarm.pop(alarm, None)
 
-    def _apply_slices(self, model: str, version: str, group: list[Prediction]) -> list[Alarm]:
+    def _apply_slices(
+        self, model: str, version: str, group: list[Prediction], hashes: IntArray
+    ) -> list[Alarm]:
         """The group's events again, per tracked value of each slice with drift."""
         specs = self.drift_slices[model]
         if not specs:
@@ -389,12 +395,13 @@ class Monitor:
             values = [slicer.column(i, group) for i in specs]
         raised: list[Alarm] = []
         for column in values:
-            members: dict[str, list[Prediction]] = defaultdict(list)
-            for p, value in zip(group, column, strict=True):
-                members[value].append(p)
-            for value, events in members.items():
+            members: dict[str, list[int]] = defaultdict(list)
+            for i, value in enumerate(column):
+                members[value].append(i)
+            for value, rows in members.items():
                 if not value.endswith(OTHER):  # the overflow mixes segments: not watched
-                    raised += self._apply_group((model, version, value), events)
+                    events = [group[i] for i in rows]
+                    raised += self._apply_group((model, version, value), events, hashes[rows])
         return raised
 
     def _version(self, key: SegmentKey) -> VersionState:
@@ -427,20 +434,20 @@ class Monitor:
             key = (model, model_version, slice_name, signal.signal, signal.name, "chi2")
             self.alarms.setdefault(key, 0)
 
-    def _apply_group(self, key: SegmentKey, group: list[Prediction]) -> list[Alarm]:
+    def _apply_group(
+        self, key: SegmentKey, group: list[Prediction], hashes: IntArray
+    ) -> list[Alarm]:
         version = self._version(key)
         version.events += len(group)
         values, cats = version.layout.columns(group)
         if version.profile is None:
             taken = version.absorb(values, cats)
             group, values, cats = group[taken:], values[taken:], cats[taken:]
+            hashes = hashes[taken:]
             if not group:
                 return []
         timestamps = np.array([p.timestamp for p in group])
-        # the tie-breaking uniforms of the normal scores, keyed by the event's content (its
-        # id), not by its offset: the same event scores the same in any partition
-        keys = np.array([id_hash(p.prediction_id) for p in group], dtype=np.int64)
-        coded = version.code(values, cats, timestamps, keys)
+        coded = version.code(values, cats, timestamps, hashes)
         state = self._segment_state(version)
         for window in state.windows:
             if isinstance(window, CountWindow):

@@ -93,9 +93,13 @@ class Router:
         now = time.monotonic() if now is None else now
         out: list[tuple[int, RawMessage]] = []
         if predictions:
+            of_version: dict[tuple[str, str], int] = {}  # hashed once per version and batch
+            for p in predictions:
+                version = (p.model, p.model_version)
+                if version not in of_version:
+                    of_version[version] = route_of(*version, self.partitions)
             routes = np.array(
-                [route_of(p.model, p.model_version, self.partitions) for p in predictions],
-                dtype=np.int16,
+                [of_version[(p.model, p.model_version)] for p in predictions], dtype=np.int16
             )
             keys = [id_hash(p.prediction_id) for p in predictions]
             times = np.array([p.timestamp for p in predictions])
@@ -356,12 +360,32 @@ class EngineLink:
         self._consumer.close()
 
 
-def parse_progress(message: Message) -> tuple[Key, float | None, bool]:
-    body = orjson.loads(message.value() or b"{}")
-    return (str(body["topic"]), int(body["partition"])), body["newest"], bool(body["idle"])
+def parse_source(
+    message: RawMessage, topics: tuple[str, str], partitions: int
+) -> str | tuple[Key, tuple[float | None, bool] | None, int]:
+    """What stage 1 sent: ((source topic, partition), progress or None, source offset) for
+    a forwarded record or a progress report; else why it is not one (dead-lettered)."""
+    try:
+        if header(message, MARKER_HEADER) is not None:
+            body = orjson.loads(message.value() or b"")
+            key = (str(body["topic"]), int(body["partition"]))
+            newest = None if body["newest"] is None else float(body["newest"])
+            progress: tuple[float | None, bool] | None = (newest, bool(body["idle"]))
+            offset = 0
+        else:
+            source = header(message, SOURCE_HEADER)
+            if source is None:
+                return f"no {SOURCE_HEADER} header: not a record streamwatch forwarded"
+            topic, partition, at = source.decode().rsplit("/", 2)
+            key, progress, offset = (topic, int(partition)), None, int(at)
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError) as e:
+        return f"unreadable engine message: {type(e).__name__}: {e}"[:300]
+    if key[0] not in topics or not 0 <= key[1] < partitions:
+        return f"source {key[0]}/{key[1]} is not one of this group's input partitions"
+    return key, progress, offset
 
 
-def header(message: Message, name: str) -> bytes | None:
+def header(message: RawMessage, name: str) -> bytes | None:
     headers = message.headers() or []
     for k, v in headers.items() if isinstance(headers, dict) else headers:
         if k == name:

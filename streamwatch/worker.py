@@ -47,12 +47,10 @@ from streamwatch.monitor import Alarm, AlarmKey, Monitor
 from streamwatch.ordering import EventOrder, Key
 from streamwatch.quality import ConceptAlarm, Quality
 from streamwatch.repartition import (
-    MARKER_HEADER,
     SOURCE_HEADER,
     EngineLink,
     Router,
-    header,
-    parse_progress,
+    parse_source,
 )
 from streamwatch.source import Source
 
@@ -94,14 +92,7 @@ class Pipeline:
         self.monitor = monitor
         self.quality = quality
         self.telemetry = telemetry
-        et = settings.event_time
-        self.order = EventOrder(
-            self.topics.predictions,
-            self.topics.labels,
-            et.reorder_seconds,
-            et.idle_seconds,
-            et.max_waiting_events,
-        )
+        self.order = self._new_order(newest_from_records=True)
         self.processed = 0
         self.held_by_router = 0  # repartition: labels stage 1 holds for their prediction
         self.source_partitions = 1  # repartition: of each input topic (lanes)
@@ -145,17 +136,32 @@ class Pipeline:
         predictions: list[Prediction] = []
         labels: list[Label] = []
         rejected: list[Rejection] = []
+        topics = (self.topics.predictions, self.topics.labels)
         for m in messages:
             # a lane: one source partition's records within one internal partition, in the
             # order stage 1 sent them (its progress reports follow them there)
             base = (m.partition() or 0) * self.source_partitions
-            if header(m, MARKER_HEADER) is not None:
-                (topic, partition), newest, idle = parse_progress(m)
+            source = parse_source(m, topics, self.source_partitions)
+            if isinstance(source, str):  # not what stage 1 sends: dead-lettered, not a crash
+                rejected.append(
+                    Rejection(
+                        m.topic() or "",
+                        m.partition() or 0,
+                        m.offset() or 0,
+                        "missing_field",
+                        source,
+                        m.value(),
+                        m.key(),
+                        m.headers(),  # type: ignore[arg-type]
+                    )
+                )
+                continue
+            (topic, partition), progress, offset = source
+            if progress is not None:
+                newest, idle = progress
                 self.order.progress((topic, base + partition), newest, idle, now)
                 continue
-            source = (header(m, SOURCE_HEADER) or b"//").decode().rsplit("/", 2)
-            topic, offset = source[0], int(source[2] or 0)
-            partition = base + int(source[1] or 0)  # the lane (the join is per lane)
+            partition += base  # the lane (the join is per lane)
             read = m.headers() or []
             pairs = read.items() if isinstance(read, dict) else read
             headers = [(k, v) for k, v in pairs if k != SOURCE_HEADER]
@@ -188,19 +194,22 @@ class Pipeline:
         self.versions = VersionCap(self.settings)
         self._announced.clear()
         self.count_events = False
+        self.order = self._new_order(newest_from_records=False)
+        self.source_partitions = source_partitions
+        lanes = [j * source_partitions + p for j in internal for p in range(source_partitions)]
+        topics = (self.topics.predictions, self.topics.labels)
+        self.order.assign([(t, lane) for lane in lanes for t in topics], now)
+
+    def _new_order(self, newest_from_records: bool) -> EventOrder:
         et = self.settings.event_time
-        self.order = EventOrder(
+        return EventOrder(
             self.topics.predictions,
             self.topics.labels,
             et.reorder_seconds,
             et.idle_seconds,
             et.max_waiting_events,
-            newest_from_records=False,
+            newest_from_records,
         )
-        self.source_partitions = source_partitions
-        lanes = [j * source_partitions + p for j in internal for p in range(source_partitions)]
-        topics = (self.topics.predictions, self.topics.labels)
-        self.order.assign([(t, lane) for lane in lanes for t in topics], now)
 
     @property
     def handled(self) -> int:
@@ -383,7 +392,8 @@ class Worker:
                 ],
             ) from None
         self._lag_series: set[tuple[str, str]] = set()
-        self._paused = False  # backpressure: the dead-letter topic does not acknowledge
+        self._paused = False  # backpressure: a topic we produce to does not acknowledge
+        self._pause_reason = ""
         align = settings.event_time.align_seconds
         topics = settings.topics
         self.alignment = (
@@ -481,38 +491,43 @@ class Worker:
             self.link.close()
 
     def checkpoint(self, timeout: float, wait: bool = False) -> bool:
-        """Dead letters acknowledged first, input offsets committed second (``wait``: a
-        synchronous commit). Returns False, pausing consumption,
-        while the dead letters are not acknowledged."""
-        if not self.dead_letters.flush(timeout):
-            self.telemetry.checkpoint_failures.labels("dead_letters").inc()
+        """What was produced acknowledged first (dead letters; with repartition, the
+        forwarded records), input offsets committed second (``wait``: a synchronous commit).
+        Returns False, pausing consumption, while anything is not acknowledged."""
+        unacknowledged = self._unacknowledged(timeout)
+        if unacknowledged is not None:
+            step, what = unacknowledged
+            self.telemetry.checkpoint_failures.labels(step).inc()
+            self._pause_reason = what
             if not self._paused:
-                log.warning(
-                    "dead-letter topic %r does not acknowledge (%s): %d letter(s) pending; "
-                    "pausing consumption and committing nothing until it does",
-                    self.dead_letters.topic,
-                    self.dead_letters.last_error,
-                    self.dead_letters.pending,
-                )
+                log.warning("%s: pausing consumption and committing nothing until it does", what)
                 self.source.pause()
                 self._paused = True
             return False
-        if self.link is not None and not self.link.flush(timeout):
-            self.telemetry.checkpoint_failures.labels("engine").inc()
-            log.warning(
-                "engine topic %r does not acknowledge (%s): committing nothing until it does",
-                self.link.topic,
-                self.link.last_error,
-            )
-            return False
         if self._paused:
-            log.info("dead letters acknowledged; resuming consumption")
+            log.info("produced messages acknowledged; resuming consumption")
             self.source.resume()
             if self.alignment is not None:
                 self.alignment.reset()  # the next batch pauses what is still ahead
             self._paused = False
         self.source.commit(wait)
         return True
+
+    def _unacknowledged(self, timeout: float) -> tuple[str, str] | None:
+        """(checkpoint step, what is wrong) for the first producer that does not get its
+        messages acknowledged within ``timeout``; None when all do."""
+        letters = self.dead_letters
+        if not letters.flush(timeout):
+            return "dead_letters", (
+                f"dead-letter topic unavailable ({letters.topic!r}: {letters.last_error}; "
+                f"{letters.pending} letters unacknowledged)"
+            )
+        if self.link is not None and not self.link.flush(timeout):
+            return "engine", (
+                f"engine topic unavailable ({self.link.topic!r}: {self.link.last_error}; "
+                f"forwarded records unacknowledged)"
+            )
+        return None
 
     # -- repartition ---------------------------------------------------------------------
     def _repartition(
@@ -542,7 +557,8 @@ class Worker:
             for partition, message in self.router.release(now):
                 self.link.send(partition, message)
             pipeline.held_by_router = self.router.holding
-        self._report_progress(now, lags)
+        if not self._paused:  # nothing is read while paused: nothing to report
+            self._report_progress(now, lags)
         self.link.poll()
         engine = self.link.consume(self.settings.worker.batch_size, 0.0)
         pipeline.process_engine(engine, self.dead_letters, now, self.link.lags())
@@ -641,10 +657,7 @@ class Worker:
         t.dead_letters_pending.set(self.dead_letters.pending)
         t.dead_letters_omitted.inc(self.dead_letters.take_omitted())
         if self._paused:
-            self.health.problem = (
-                f"dead-letter topic unavailable ({self.dead_letters.pending} letters "
-                f"unacknowledged): consumption paused, nothing committed"
-            )
+            self.health.problem = f"{self._pause_reason}: consumption paused, nothing committed"
             return
         stale = time.monotonic() - self.source.last_commit
         limit = max(10.0, 5 * self.settings.worker.commit_interval_seconds)

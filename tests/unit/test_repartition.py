@@ -8,7 +8,7 @@ from typing import Any
 from streamwatch.config import parse_settings
 from streamwatch.decode import Label, Prediction
 from streamwatch.join import id_hash
-from streamwatch.repartition import Router, route_of
+from streamwatch.repartition import MARKER_HEADER, SOURCE_HEADER, Router, parse_source, route_of
 from streamwatch.simulation import Record
 
 P, L = "predictions", "labels"
@@ -97,3 +97,24 @@ def routed_at(
     router: Router, preds: list[Prediction], labels: list[Label], now: float
 ) -> list[tuple[int, Any]]:
     return router.route(preds, labels, raw(preds, P) | raw(labels, L), P, now)
+
+
+def test_what_is_not_from_stage_1_is_a_reason_to_dead_letter_not_a_crash() -> None:
+    topics, n = (P, L), 4
+    ok = Record("e", b"{}", None, 0, 0, [(SOURCE_HEADER, b"predictions/3/42")])
+    assert parse_source(ok, topics, n) == ((P, 3), None, 42)
+    marker = Record(
+        "e", b'{"topic": "labels", "partition": 1, "newest": 5.0, "idle": false}', None, 0, 1,
+        [(MARKER_HEADER, b"1")],
+    )  # fmt: skip
+    assert parse_source(marker, topics, n) == ((L, 1), (5.0, False), 0)
+    bad = [
+        Record("e", b"{}", None, 0, 2),  # no header at all
+        Record("e", b"{}", None, 0, 3, [(SOURCE_HEADER, b"predictions/x/1")]),
+        Record("e", b"{}", None, 0, 4, [(SOURCE_HEADER, b"predictions/9/1")]),  # no such
+        Record("e", b"{}", None, 0, 5, [(SOURCE_HEADER, b"other/0/1")]),
+        Record("e", b"\xff", None, 0, 6, [(MARKER_HEADER, b"1")]),
+        Record("e", b'{"topic": "labels"}', None, 0, 7, [(MARKER_HEADER, b"1")]),
+    ]
+    for message in bad:
+        assert isinstance(parse_source(message, topics, n), str), message
