@@ -701,6 +701,10 @@ class Worker:
         self._drop(partitions)
 
     def _drop(self, partitions: list[TopicPartition]) -> None:
+        # librdkafka keeps a partition's pause across a rebalance: one paused here (event-time
+        # alignment, backpressure) and assigned back would never be fetched again, while the
+        # new assignment starts with nothing held. Every partition leaves unpaused.
+        self.source.resume((tp.topic, tp.partition) for tp in partitions)
         owned = [tp.partition for tp in partitions if tp.topic == self.settings.topics.predictions]
         self.pipeline.quality.revoke(owned)  # the join state; the engine's stays
         keys = [(tp.topic, tp.partition) for tp in partitions]
