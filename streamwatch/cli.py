@@ -377,7 +377,7 @@ def _stop_on_signals() -> threading.Event:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from streamwatch.app import build
+    from streamwatch.app import build, tune_gc
     from streamwatch.config import load_web_config
     from streamwatch.endpoint import serve
 
@@ -408,7 +408,9 @@ def _run(args: argparse.Namespace) -> int:
         server.server_address[1],
     )
     stop = _stop_on_signals()
-    closed = app.worker().run(stop)
+    worker = app.worker()
+    tune_gc()
+    closed = worker.run(stop)
     server.shutdown()
     server.server_close()
     if not closed:

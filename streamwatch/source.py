@@ -38,6 +38,7 @@ DEFAULTS = {
     "auto.offset.reset": "earliest",
     "enable.partition.eof": False,
     "statistics.interval.ms": 0,
+    "fetch.queue.backoff.ms": 10,
 }
 
 Rebalance = Callable[[list[TopicPartition]], None]
