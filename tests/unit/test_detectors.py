@@ -136,3 +136,14 @@ def test_chi2_bank_detects_a_frequency_change_and_respects_alpha() -> None:
     assert [c.row for c in crossings] == [499]
     new_category = np.full(500, 3)  # everything "other": a category the reference never saw
     assert bank.update([new_category])
+
+
+@pytest.mark.parametrize("chart", ["mean", "scale_up", "scale_down"])
+@pytest.mark.parametrize("target", [1.5, 50.0, 1e4, 5.2e7])
+def test_threshold_is_the_smallest_that_reaches_the_run_length(chart: str, target: float) -> None:
+    """To 0.1% of h, at budgets from trivial to a worker's (10^6 events x 52 charts)."""
+    cdf = increment_cdf(chart, 0.3)
+    h = threshold(chart, 0.3, target)
+    assert average_run_length(cdf, h) >= target
+    if h > 0:
+        assert average_run_length(cdf, h * (1 - 2e-3)) < target
