@@ -474,18 +474,18 @@ class Quality:
         times: FloatArray,
         counts: Callable[[IntArray], Counts],
         watermark: float,
-    ) -> dict[int, IntArray]:
-        """Add each key's rows to its windows; return the rows per key. Tumbling windows
-        close with the prediction ``watermark``, so the estimate and the
+    ) -> dict[int, tuple[IntArray, Counts]]:
+        """Add each key's rows to its windows; return the rows per key, and their counts.
+        Tumbling windows close with the prediction ``watermark``, so the estimate and the
         realized scores of one span line up."""
-        groups: dict[int, IntArray] = {}
+        groups: dict[int, tuple[IntArray, Counts]] = {}
         for key in np.unique(keys):
             rows = np.flatnonzero(keys == key)
-            groups[int(key)] = rows
             windows = table.get(int(key))
             if windows is None:
                 windows = table[int(key)] = [_new_window(w) for w in self.settings.windows]
             whole = counts(rows)
+            groups[int(key)] = (rows, whole)
             for window in windows:
                 if isinstance(window, CountWindow):
                     # a chunk at a time: a backlog's batch must not become one table
@@ -591,8 +591,8 @@ class Quality:
         alarms = []
         for column in keys:
             updated = self._update(self.windows, column, times, counts, self.prediction_watermark)
-            for key, rows in updated.items():
-                self.totals[key] = self.totals.get(key, Counts()) + counts(rows)
+            for key, (rows, whole) in updated.items():
+                self.totals[key] = self.totals.get(key, Counts()) + whole
                 alarms += self._concept(key, errors[rows], label_times[rows], spec)
         return alarms
 
