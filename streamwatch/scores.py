@@ -45,18 +45,19 @@ class Counts:
     events: int = 0
     arrays: dict[str, npt.NDArray[Any]] = field(default_factory=dict)
 
-    def _combine(self, other: Counts, sign: float) -> Counts:
+    def __add__(self, other: Counts) -> Counts:
+        out = dict(self.arrays)  # arrays are never changed in place: shared, not copied
+        for k, b in other.arrays.items():
+            a = out.get(k)
+            out[k] = b if a is None else a + b
+        return Counts(self.events + other.events, out)
+
+    def __sub__(self, other: Counts) -> Counts:
         out = dict(self.arrays)
         for k, b in other.arrays.items():
             a = out.get(k)
-            out[k] = sign * b if a is None else a + sign * b
-        return Counts(self.events + int(sign) * other.events, out)
-
-    def __add__(self, other: Counts) -> Counts:
-        return self._combine(other, 1.0)
-
-    def __sub__(self, other: Counts) -> Counts:
-        return self._combine(other, -1.0)
+            out[k] = -b if a is None else a - b
+        return Counts(self.events - other.events, out)
 
     def get(self, key: str) -> FloatArray:
         return np.asarray(self.arrays.get(key, np.zeros(1)), dtype=np.float64)

@@ -40,14 +40,11 @@ class Table:
             np.zeros(features, np.int64),
         )
 
-    def _combine(self, other: Table, sign: int) -> Table:
-        return Table(*(getattr(self, f.name) + sign * getattr(other, f.name) for f in fields(self)))
-
     def __add__(self, other: Table) -> Table:
-        return self._combine(other, 1)
+        return Table(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
 
     def __sub__(self, other: Table) -> Table:
-        return self._combine(other, -1)
+        return Table(*(getattr(self, f.name) - getattr(other, f.name) for f in fields(self)))
 
 
 class CountWindow:

@@ -25,7 +25,7 @@ are taken between 10% and 90% of a run's messages (steady state, without start-u
 end of the stream); peak RSS is the process's high-water mark. Then:
 
 * produce-to-``/metrics`` latency: a producer sends predictions (and their labels 2 s later)
-  with the wall clock as event time at half of ``streamwatch``'s rate, while
+  with the wall clock as event time at half of ``streamwatch_labels``' rate, while
   ``streamwatch_last_event_timestamp_seconds`` is scraped every 50 ms: per prediction, the
   first scrape that shows it, minus its event time;
 * start-up to ready: from starting the process to ``/readyz`` answering 200;
@@ -171,10 +171,12 @@ def _produce(bootstrap: str, topic: str, messages: list[Message]) -> None:
 
 
 class Meter:
-    """Wall clock and CPU at 10% and 90% of ``total`` messages (the steady state)."""
+    """Wall clock and CPU at 10% and 90% of ``total`` messages (the steady state). A run too
+    short to see both apart (a few thousand events) is measured from the meter's start."""
 
     def __init__(self, total: int, cpu: Callable[[], float]) -> None:
         self.total, self.cpu = total, cpu
+        self.start = (0, time.perf_counter(), cpu())
         self.marks: list[tuple[int, float, float]] = []  # (count, wall, cpu)
         self._next = 0.1
 
@@ -188,7 +190,10 @@ class Meter:
         return len(self.marks) == 2
 
     def result(self, peak_rss_mb: float) -> dict[str, float]:
-        (c0, w0, u0), (c1, w1, u1) = self.marks
+        first, last = self.marks
+        if last[0] <= first[0]:
+            first = self.start
+        (c0, w0, u0), (c1, w1, u1) = first, last
         return {
             "events_per_s": (c1 - c0) / (w1 - w0),
             "cpu_s_per_million": (u1 - u0) / (c1 - c0) * 1e6,
@@ -658,7 +663,7 @@ def _versions() -> dict[str, str]:
 
     return {
         "python": platform.python_version(),
-        "confluent_kafka": confluent_kafka.version()[0],
+        "confluent_kafka": metadata.version("confluent-kafka"),
         "librdkafka": confluent_kafka.libversion()[0],
         "kafka": kafka_local.KAFKA_VERSION,
         **{name: metadata.version(name) for name in ("river", "pydantic", "numpy", "scipy")},
@@ -730,6 +735,7 @@ def main() -> int:
     parser.add_argument("--scale-events", type=int, default=100_000, help="per scaling row")
     parser.add_argument("--latency-seconds", type=float, default=30.0)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
+    parser.add_argument("--table", type=Path, default=HERE / "results.md", help="Markdown table")
     parser.add_argument(
         "--only",
         help="measure only these (comma-separated keys, e.g. streamwatch_labels); "
@@ -746,7 +752,7 @@ def main() -> int:
         return 0
 
     n, runs = args.events, args.runs
-    command = "bench/throughput/run.py" + (
+    command = ".venv/bin/python bench/throughput/run.py" + (
         "" if (n, runs) == (1_000_000, 3) else f" --events {n} --runs {runs}"
     )
     results: dict[str, Any] = {}
@@ -798,7 +804,8 @@ def main() -> int:
             results[key] = _median(measured)
         if args.only:
             return 0
-        rate = results["streamwatch"]["events_per_s"] / 2
+        # half of the worker's rate with labels: a prediction and its label are 2 messages
+        rate = results["streamwatch_labels"]["events_per_s"] / 4
         print(f"latency at {rate:,.0f} predictions/s ...", flush=True)
         results["streamwatch"].update(
             _latency(bootstrap, rate, args.latency_seconds, Shape(), Path(folder))
@@ -824,7 +831,7 @@ def main() -> int:
     results["command"] = command
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     table = _report(results, command, n, runs, versions)
-    (HERE / "results.md").write_text(table + "\n")
+    args.table.write_text(table + "\n")
     print(table)
     return 0
 

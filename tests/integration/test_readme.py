@@ -31,6 +31,7 @@ PARTITIONS = ".venv/bin/python bench/partitions/run.py"
 BENCH = ".venv/bin/python bench/detection/run.py"
 LABELS_BENCH = ".venv/bin/python bench/labels/run.py"
 SOAK = ".venv/bin/python bench/soak/run.py"
+THROUGHPUT = ".venv/bin/python bench/throughput/run.py"
 PROMTOOL = "promtool test rules deploy/prometheus/tests/streamwatch.test.yml"
 DEPLOY_CHECK = ".venv/bin/streamwatch check-config deploy/streamwatch/streamwatch.yaml"
 KUSTOMIZE = "kubectl kustomize deploy/kubernetes/overlays/example"
@@ -51,6 +52,7 @@ def test_the_readme_shows_the_commands_this_file_runs() -> None:
         BENCH,
         LABELS_BENCH,
         SOAK,
+        THROUGHPUT,
         PROMTOOL,
         DEPLOY_CHECK,
         KUSTOMIZE,
@@ -240,6 +242,34 @@ def test_the_soak_counts_every_message_exactly() -> None:
     assert len(exact) == 22
     missing = [line for line in exact if line not in README]
     assert not missing, missing
+
+
+def test_the_throughput_benchmark_measures_what_the_readme_shows(tmp_path: Path) -> None:
+    """The README's command, on 20,000 events and one run instead of 10^6 and three (about
+    20 minutes on our CI machine): every measurement is made and written, and the table has
+    the README's rows. The figures themselves are the README's from the full run."""
+    out, table = tmp_path / "results.json", tmp_path / "results.md"
+    result = _run(
+        f"{THROUGHPUT} --events 20000 --runs 1 --scale-events 4000 --latency-seconds 14 "
+        f"--out {out} --table {table}",
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    results = json.loads(out.read_text())
+    for name in ("limit", "per_event", "window_batch", "streamwatch_2_workers"):
+        assert {"events_per_s", "cpu_s_per_million", "peak_rss_mb"} <= results[name].keys()
+    for name in ("streamwatch", "streamwatch_labels"):
+        assert results[name]["events_per_s"] > 0
+    assert {"latency_p50_s", "latency_p99_s", "ready_s"} <= results["streamwatch"].keys()
+    assert results["streamwatch"]["latency_p99_s"] >= results["streamwatch"]["latency_p50_s"]
+    assert sorted(results["scaling"]) == ["f12-s20", "f12-s200", "f200-s20", "f50-s20"]
+
+    def first_cells(text: str) -> list[str]:
+        return [line.split(" | ")[0] for line in text.splitlines() if line.startswith("| (")]
+
+    shown = README[README.index("## Performance") :]
+    assert first_cells(table.read_text()) == first_cells(shown)
+    assert len(first_cells(shown)) == 6
 
 
 def test_the_rules_test_as_the_readme_shows_it() -> None:
