@@ -469,7 +469,7 @@ class GateSettings(_Section):
 
 
 class WorkerSettings(_Section):
-    batch_size: int = Field(default=2000, ge=1, le=100_000)
+    batch_size: int = Field(default=10_000, ge=1, le=100_000)
     poll_timeout_seconds: float = Field(default=0.5, gt=0, le=10)
     commit_interval_seconds: float = Field(default=1.0, ge=0)
     stall_seconds: float = Field(default=60.0, gt=0)
