@@ -38,7 +38,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT))
 import kafka_local  # noqa: E402  (stdlib-only script, imported by path)
+
+from bench.produce import send_all  # noqa: E402
 
 PARTITIONS = 4
 EVERY = 100  # one adversarial message per this many predictions (1%)
@@ -127,14 +130,7 @@ def _produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None, byte
             "message.max.bytes": 3_000_000,
         }
     )
-    for key, value in messages:
-        while True:
-            try:
-                producer.produce(topic, value=value, key=key)
-                break
-            except BufferError:
-                producer.poll(0.1)
-    assert producer.flush(120) == 0
+    send_all(producer, topic, messages, 120)
 
 
 def _metrics(port: int) -> tuple[dict[tuple[str, tuple[tuple[str, str], ...]], float], float, int]:

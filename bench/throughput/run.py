@@ -66,7 +66,10 @@ from confluent_kafka.cimpl import NewTopic
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).parent
 sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT))
 import kafka_local  # noqa: E402  (stdlib-only script, imported by path)
+
+from bench.produce import send_all  # noqa: E402
 
 PARTITIONS = 4
 CATEGORIES = ("card", "bank", "wallet", "cash", "crypto")
@@ -157,14 +160,7 @@ def _producer(bootstrap: str) -> Producer:
 def _produce(bootstrap: str, topic: str, messages: list[Message]) -> None:
     """Keyed by prediction id: a prediction and its label land in the same partition."""
     producer = _producer(bootstrap)
-    for key, value in messages:
-        while True:
-            try:
-                producer.produce(topic, value=value, key=key)
-                break
-            except BufferError:
-                producer.poll(0.05)
-    assert producer.flush(300) == 0
+    send_all(producer, topic, messages, 300)
 
 
 # ---------------------------------------------------------------- measuring
