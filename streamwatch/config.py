@@ -441,8 +441,15 @@ class QualitySettings(_Section):
 
     # Binary models: a prediction is positive at or above this probability.
     threshold: float = Field(default=0.5, gt=0, lt=1)
-    # river's detector on each model version's (and tracked slice's) error stream.
-    concept_detector: Literal["ddm", "eddm", "hddm_a", "hddm_w", "adwin"] = "adwin"
+    # The test on each model version's (and tracked slice's) error stream: a bank of
+    # Bernoulli CUSUMs under the budget below (docs/quality.md), or one of river's detectors
+    # at river's own settings (outside the budget).
+    concept_detector: Literal["cusum", "ddm", "eddm", "hddm_a", "hddm_w", "adwin"] = "cusum"
+    # cusum: expected labelled predictions between false alarms for one model version, its
+    # slices included.
+    false_alarm_budget_labels: float = Field(default=1e6, ge=100)
+    # cusum: each version's and slice value's first labels, which give its reference error rate.
+    reference_labels: int = Field(default=2000, ge=100)
     # Regression: river's detector on the absolute error.
     regression_detector: Literal["adwin", "page_hinkley"] = "adwin"
 

@@ -34,6 +34,7 @@ from river import drift
 from streamwatch.activity import Activity
 from streamwatch.config import ModelSpec, QualitySettings, Settings, WindowSpec
 from streamwatch.decode import Label, Prediction, is_positive
+from streamwatch.detectors.bernoulli import ConceptCusum
 from streamwatch.join import EarlyLabels, PendingPredictions, id_hash
 from streamwatch.ordering import order_key
 from streamwatch.reference import Profile
@@ -613,20 +614,37 @@ class Quality:
         )
         detector = self.detectors.get(key)
         if detector is None:
-            detector = self.detectors[key] = _river(name)
+            detector = self.detectors[key] = self._detector(name, spec)
             # the counter exists at 0 from the start, so that increase() sees the first alarm
             self.concept_alarms.setdefault((model, version, slice_name, name), 0)
+        counted = (model, version, slice_name, name)
+        if isinstance(detector, ConceptCusum):
+            rows = detector.update(errors)
+            for t in times[rows].tolist():
+                self.concept_alarms[counted] += 1
+                self.concept_last_alarm[counted] = max(self.concept_last_alarm.get(counted, t), t)
+            return [ConceptAlarm(model, version, slice_name, name, t) for t in times[rows].tolist()]
         alarms = []
         for error, t in zip(errors.tolist(), times.tolist(), strict=True):
             if np.isnan(error):
                 continue
             detector.update(error if spec.task == "regression" else bool(error))
             if detector.drift_detected:
-                counted = (model, version, slice_name, name)
                 self.concept_alarms[counted] += 1
                 self.concept_last_alarm[counted] = max(self.concept_last_alarm.get(counted, t), t)
                 alarms.append(ConceptAlarm(model, version, slice_name, name, t))
         return alarms
+
+    def _detector(self, name: str, spec: ModelSpec) -> Any:
+        """A new concept detector. The Bernoulli CUSUM's budget is the version's, split
+        evenly over the version and its slice specs: the tracked values of one slice spec
+        split its labels between them, so together they false-alarm at one stream's rate."""
+        if name != "cusum":
+            return _river(name)
+        streams = 1 + len(spec.slices)
+        return ConceptCusum(
+            self.settings.reference_labels, self.settings.false_alarm_budget_labels * streams
+        )
 
     def _expire(self, state: PartitionQuality) -> None:
         for _name, store in state.pending.items():

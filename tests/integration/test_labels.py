@@ -80,7 +80,12 @@ def test_a_degrading_slice_is_seen_in_its_scores_and_its_concept_alarm(
                 "slices": [{"name": "country", "keys": ["country"]}],
             }
         ],
-        quality={"windows": [{"events": 100_000}], "min_window_events": 20},
+        # Iceland has about 150 labels before it breaks: its reference is its first 100
+        quality={
+            "windows": [{"events": 100_000}],
+            "min_window_events": 20,
+            "reference_labels": 100,
+        },
     )
     worker = workers(config).start()
 
@@ -105,7 +110,7 @@ def test_a_degrading_slice_is_seen_in_its_scores_and_its_concept_alarm(
             model="fraud",
             model_version="v1",
             slice="country=IS",
-            detector="adwin",
+            detector="cusum",
         )
 
     predictions, labels = _events(0, 3000, rng, broken=False)

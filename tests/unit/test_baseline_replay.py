@@ -336,6 +336,7 @@ def test_replay_goes_through_the_workers_stages(tmp_path: Path) -> None:
     (tmp_path / "l.jsonl").write_bytes(b"\n".join(labels) + b"\n")
     config = yaml.safe_load(_config(tmp_path).read_text())
     config["models"][0]["slices"] = [{"name": "country", "keys": ["country"]}]
+    config["quality"] = {"reference_labels": 100}  # Iceland has 200 labels before the change
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     result = run_cli(
         "replay",

@@ -1,0 +1,205 @@
+"""Bernoulli CUSUM charts on a 0/1 outcome stream (a model's errors), under a budget.
+
+A labelled prediction is an error or not. Before a change the error rate is ``p0`` (the
+reference); after it, some ``p1 > p0`` nobody knows in advance. The log-likelihood-ratio
+CUSUM for one design ``p1`` is the fastest test at its false-alarm rate (Lorden, Moustakides)
+for a change to exactly ``p1``; a *bank* of them at several designs (``p0`` plus 1, 2, 4, 8
+and 16 points), the budget split across them, stays within about 1.25x of that optimum for
+every increase in between (docs/quality.md has the arithmetic).
+
+Each chart is the Bernoulli CUSUM of Reynolds and Stoumbos (1999) on an integer lattice: the
+log-likelihood ratio adds ``a = ln(p1/p0)`` on an error and ``-b = ln((1-p1)/(1-p0))`` on a
+correct outcome; their ratio is rounded to ``up : down`` small integers (``up`` on an error,
+``-down`` on a success), which makes the chart exact for a design within a few percent of
+the one asked for. On the lattice the in-control run length is a finite Markov chain, solved
+exactly (a banded linear system), so thresholds meet the budget without simulation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import cache
+
+import numpy as np
+from scipy import linalg
+
+from streamwatch.statistics import FloatArray, IntArray
+
+#: Error-rate increases (in absolute points) the bank is designed for.
+DESIGN_INCREASES = (0.01, 0.02, 0.04, 0.08, 0.16)
+MAX_DOWN = 40  # lattice steps on a success, at most
+MAX_STATES = 200_000  # a threshold needing more lattice states is refused (ARL ~ 1e30)
+
+
+@dataclass(frozen=True)
+class Chart:
+    """One design of the bank: the lattice steps and the threshold (alarm at ``>= h``)."""
+
+    p1: float  # the design the lattice steps are exact for
+    up: int
+    down: int
+    h: int
+
+
+def lattice(p0: float, p1: float) -> tuple[int, int]:
+    """Integer steps ``(up, down)`` whose exact design is within a tenth of the increase of
+    ``p1``, with the smallest ``down`` that gets there (the chart's states, and its cost,
+    grow with ``down``); the closest one found otherwise."""
+    ratio = math.log(p1 / p0) / math.log((1.0 - p0) / (1.0 - p1))
+    best = (math.inf, 1, 1)
+    for down in range(1, MAX_DOWN + 1):
+        for up in {max(1, math.floor(ratio * down)), math.ceil(ratio * down)}:
+            if down / (up + down) <= p0:  # in control the chart must drift down
+                continue
+            error = abs(design_of(p0, up, down) - p1)
+            if error < best[0]:
+                best = (error, up, down)
+        if best[0] <= 0.1 * (p1 - p0):
+            break
+    _, up, down = best
+    g = math.gcd(up, down)
+    return up // g, down // g
+
+
+def design_of(p0: float, up: int, down: int) -> float:
+    """The ``p1`` for which ``up : down`` is the exact log-likelihood-ratio ratio."""
+    lo, hi = p0, 1.0 - 1e-12
+    for _ in range(100):  # the ratio a/b falls as p1 rises: bisection
+        mid = (lo + hi) / 2.0
+        ratio = math.log(mid / p0) / math.log((1.0 - p0) / (1.0 - mid))
+        lo, hi = (mid, hi) if ratio > up / down else (lo, mid)
+    return (lo + hi) / 2.0
+
+
+def average_run_length(p: float, up: int, down: int, h: int) -> float:
+    """Expected outcomes until the chart ``S = max(0, S + up*x - down*(1-x))`` reaches
+    ``h``, from 0, when each outcome is an error with probability ``p`` (exact: a banded
+    Markov-chain solve over the states ``0 .. h-1``)."""
+    n = h
+    # (I - Q) L = 1; Q[i, i+up] = p, Q[i, max(i-down, 0)] += 1-p. Banded: `down` below, `up` above.
+    ab = np.zeros((up + down + 1, n))
+    ab[up, :] = 1.0  # the diagonal
+    i = np.arange(n)
+    rise = i + up < n
+    ab[0, i[rise] + up] = -p  # row i, column i + up: ab[up + i - j, j]
+    fall = np.maximum(i - down, 0)
+    np.subtract.at(ab, (up + i - fall, fall), 1.0 - p)
+    return float(linalg.solve_banded((down, up), ab, np.ones(n))[0])
+
+
+@cache
+def threshold(p: float, up: int, down: int, target: float) -> int:
+    """The smallest ``h`` whose in-control run length reaches ``target``."""
+    lo, hi = 0, max(up, down)
+    while average_run_length(p, up, down, hi) < target:
+        lo, hi = hi, hi * 2
+        if hi > MAX_STATES:
+            raise ValueError(f"no Bernoulli CUSUM threshold reaches a run length of {target:g}")
+    while hi - lo > 1:  # the log run length is near linear in h: interpolate, then bisect
+        mid = (lo + hi) // 2
+        if average_run_length(p, up, down, mid) < target:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def charts(
+    p0: float, run_length: float, increases: tuple[float, ...] = DESIGN_INCREASES
+) -> list[Chart]:
+    """The bank for reference rate ``p0``: one chart per design increase that stays a
+    rate (designs that round to the same lattice are merged), each with an in-control run
+    length of ``run_length`` times the number of charts (the budget split over them)."""
+    steps: list[tuple[int, int]] = []
+    for d in increases:
+        if p0 + d < 0.999:
+            s = lattice(p0, p0 + d)
+            if s not in steps:
+                steps.append(s)
+    target = run_length * max(1, len(steps))
+    return [Chart(design_of(p0, u, dn), u, dn, threshold(p0, u, dn, target)) for u, dn in steps]
+
+
+@dataclass
+class ErrorCusum:
+    """The bank of Bernoulli CUSUMs on one stream of outcomes, with its reference rate.
+
+    ``update`` takes a batch of 0/1 outcomes and returns the positions where an alarm was
+    raised; after an alarm every chart restarts from zero (river's convention), so a lasting
+    increase keeps counting. The state is a few integers: checkpointable as is."""
+
+    p0: float
+    run_length: float
+    charts: list[Chart] = field(init=False)
+    state: IntArray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.charts = charts(self.p0, self.run_length)
+        self.state = np.zeros(len(self.charts), dtype=np.int64)
+
+    def update(self, errors: FloatArray) -> list[int]:
+        if not self.charts or not len(errors):
+            return []
+        x = np.asarray(errors, dtype=bool)[:, None]
+        up = np.array([c.up for c in self.charts])
+        down = np.array([c.down for c in self.charts])
+        h = np.array([c.h for c in self.charts])
+        y = np.where(x, up, -down)  # (events, charts)
+        alarms: list[int] = []
+        begin, state = 0, self.state
+        while begin < len(y):
+            c = np.cumsum(y[begin:], axis=0)
+            s = c - np.minimum(np.minimum.accumulate(c, axis=0), -state)
+            over = (s >= h).any(axis=1)
+            if not over.any():
+                state = s[-1]
+                break
+            first = int(over.argmax())
+            alarms.append(begin + first)
+            state = np.zeros_like(state)
+            begin += first + 1
+        self.state = state
+        return alarms
+
+    def values(self) -> float:
+        """The chart closest to its threshold, as a fraction of it."""
+        if not self.charts:
+            return 0.0
+        return float(max(s / c.h for s, c in zip(self.state.tolist(), self.charts, strict=True)))
+
+
+def reference_rate(errors: int, outcomes: int) -> float:
+    """The reference error rate from ``errors`` in ``outcomes`` labelled predictions: the
+    estimate plus one standard error. A reference estimated too low would read its own
+    sampling error as an increase and spend the budget on it; one standard error of margin
+    keeps that to the unlucky sixth of references, at the cost of a slower alarm on
+    increases of about a standard error (docs/quality.md)."""
+    p = (errors + 1.0) / (outcomes + 2.0)
+    return min(p + math.sqrt(p * (1.0 - p) / max(outcomes, 1)), 0.99)
+
+
+@dataclass
+class ConceptCusum:
+    """A stream's error-rate test: its first ``reference_labels`` outcomes are the
+    reference, then an :class:`ErrorCusum` runs on the rest."""
+
+    reference_labels: int
+    run_length: float
+    seen: int = 0
+    errors: int = 0
+    cusum: ErrorCusum | None = None
+
+    def update(self, errors: FloatArray) -> list[int]:
+        """Feed 0/1 outcomes (NaN: no outcome, skipped); the positions of the alarms."""
+        rows = np.flatnonzero(~np.isnan(errors))
+        x = errors[rows]
+        start = 0
+        if self.cusum is None:
+            start = min(len(x), self.reference_labels - self.seen)
+            self.seen += start
+            self.errors += int(np.count_nonzero(x[:start]))
+            if self.seen < self.reference_labels:
+                return []
+            self.cusum = ErrorCusum(reference_rate(self.errors, self.seen), self.run_length)
+        return [int(rows[start + i]) for i in self.cusum.update(x[start:])]

@@ -1,0 +1,161 @@
+"""The Bernoulli CUSUM bank on error streams: its run lengths against simulation, its batch
+update against the per-event recursion, its false-alarm rate against the budget."""
+
+from __future__ import annotations
+
+import math
+import pickle
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamwatch.detectors.bernoulli import (
+    ConceptCusum,
+    ErrorCusum,
+    average_run_length,
+    charts,
+    design_of,
+    lattice,
+    reference_rate,
+    threshold,
+)
+
+
+def simulated_run_lengths(p: float, up: int, down: int, h: int, runs: int, seed: int) -> float:
+    """Mean run length of ``runs`` independent charts, simulated side by side."""
+    rng = np.random.default_rng(seed)
+    state = np.zeros(runs, dtype=np.int64)
+    length = np.zeros(runs)
+    alive = np.ones(runs, dtype=bool)
+    while alive.any():
+        x = rng.random(runs) < p
+        state = np.maximum(0, state + np.where(x, up, -down))
+        length += alive
+        alive &= state < h
+    return float(length.mean())
+
+
+@pytest.mark.parametrize(("p", "up", "down"), [(0.05, 17, 1), (0.3, 7, 3), (0.7, 1, 3)])
+def test_the_exact_run_length_matches_simulation(p: float, up: int, down: int) -> None:
+    h = threshold(p, up, down, 400.0)
+    arl = average_run_length(p, up, down, h)
+    assert 400.0 <= arl < average_run_length(p, up, down, h + 1)
+    assert average_run_length(p, up, down, h - 1) < 400.0  # the smallest such threshold
+    runs = 4000  # the run length is about geometric: standard error about arl / sqrt(runs)
+    simulated = simulated_run_lengths(p, up, down, h, runs, seed=up)
+    assert abs(simulated - arl) < 4 * arl / math.sqrt(runs)
+
+
+def test_the_banded_solve_equals_a_dense_one() -> None:
+    p, up, down, h = 0.2, 5, 2, 40
+    q = np.zeros((h, h))
+    for i in range(h):
+        if i + up < h:
+            q[i, i + up] += p
+        q[i, max(i - down, 0)] += 1 - p
+    dense = np.linalg.solve(np.eye(h) - q, np.ones(h))[0]
+    assert average_run_length(p, up, down, h) == pytest.approx(dense, rel=1e-9)
+
+
+@given(st.floats(0.001, 0.8), st.sampled_from([0.01, 0.02, 0.04, 0.08, 0.16]))
+def test_the_lattice_is_a_design_close_to_the_one_asked_for(p0: float, d: float) -> None:
+    """Within a tenth of the increase, except small increases on error rates above 20%,
+    where the lattice would need more than 40 steps (docs/quality.md)."""
+    up, down = lattice(p0, p0 + d)
+    assert math.gcd(up, down) == 1
+    assert down / (up + down) > p0  # in control the chart drifts down
+    if p0 <= 0.2 or d >= 0.08:
+        assert abs(design_of(p0, up, down) - (p0 + d)) <= 0.1 * d + 1e-9
+
+
+def recursion(errors: np.ndarray, bank: ErrorCusum) -> list[int]:
+    """The same bank, one outcome at a time: every chart restarts after any alarm."""
+    state = [0] * len(bank.charts)
+    alarms = []
+    for t, x in enumerate(errors.tolist()):
+        steps = [c.up if x else -c.down for c in bank.charts]
+        state = [max(0, s + step) for s, step in zip(state, steps, strict=True)]
+        if any(s >= c.h for s, c in zip(state, bank.charts, strict=True)):
+            alarms.append(t)
+            state = [0] * len(state)
+    return alarms
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.lists(st.integers(1, 300), min_size=1, max_size=6))
+def test_the_batch_update_equals_the_recursion_however_batched(seed: int, sizes: list[int]) -> None:
+    rng = np.random.default_rng(seed)
+    errors = (rng.random(sum(sizes)) < 0.3).astype(np.float64)
+    bank = ErrorCusum(0.1, 50.0)  # a small budget: alarms often
+    got, at = [], 0
+    for n in sizes:
+        got += [at + i for i in bank.update(errors[at : at + n])]
+        at += n
+    assert got == recursion(errors, ErrorCusum(0.1, 50.0))
+
+
+@pytest.mark.parametrize("p0", [0.01, 0.2])
+def test_stationary_false_alarms_stay_within_the_budget(p0: float) -> None:
+    """The bank splits the budget over its charts (Bonferroni); they see the same outcomes,
+    so together they fire less often than the sum of their rates: within the budget, and
+    not far under it (measured: 0.35 to 0.5 of it, docs/quality.md)."""
+    budget, n = 2000.0, 2_000_000
+    bank = ErrorCusum(p0, budget)
+    rng = np.random.default_rng(7)
+    alarms = sum(
+        len(bank.update((rng.random(20_000) < p0).astype(float))) for _ in range(n // 20_000)
+    )
+    expected = n / budget
+    assert alarms <= expected + 3.1 * math.sqrt(expected)  # Poisson, one-sided 0.1%
+    assert alarms >= expected / 4
+
+
+def test_an_increase_is_caught_near_the_bound() -> None:
+    """From 5% to 10% errors at a budget of 10^5 outcomes: Lorden's bound is
+    ln(10^5) / KL(0.10 || 0.05) = 258 outcomes; the median delay is within 1.5x of it."""
+    p0, p1, budget = 0.05, 0.10, 1e5
+    kl = p1 * math.log(p1 / p0) + (1 - p1) * math.log((1 - p1) / (1 - p0))
+    rng = np.random.default_rng(3)
+    delays = []
+    for _ in range(40):
+        bank = ErrorCusum(p0, budget)
+        assert not bank.update((rng.random(2000) < p0).astype(float))
+        fired = bank.update((rng.random(5000) < p1).astype(float))
+        delays.append(fired[0] + 1)
+    assert np.median(delays) <= 1.5 * math.log(budget) / kl
+
+
+def test_the_reference_is_the_first_labels_and_alarms_point_at_their_rows() -> None:
+    detector = ConceptCusum(reference_labels=200, run_length=1e4)
+    rng = np.random.default_rng(5)
+    warm = (rng.random(300) < 0.05).astype(float)
+    warm[::7] = np.nan  # no outcome: skipped, not counted
+    assert detector.update(warm) == []
+    assert detector.seen == 200
+    assert detector.cusum is not None
+    assert detector.cusum.p0 == pytest.approx(reference_rate(detector.errors, 200))
+    assert detector.cusum.p0 > detector.errors / 200  # one standard error of margin
+    bad = np.ones(100)
+    bad[:3] = np.nan
+    rows = detector.update(bad)
+    assert rows
+    assert rows[0] >= 3
+    assert all(not np.isnan(bad[r]) for r in rows)
+
+
+def test_the_state_survives_a_pickle_round_trip() -> None:
+    bank = ErrorCusum(0.05, 1e4)
+    rng = np.random.default_rng(1)
+    bank.update((rng.random(500) < 0.08).astype(float))
+    copy = pickle.loads(pickle.dumps(bank))
+    more = (rng.random(5000) < 0.12).astype(float)
+    assert copy.update(more) == bank.update(more)
+
+
+def test_every_design_of_the_bank_meets_the_split_budget() -> None:
+    bank = charts(0.05, 1e5)
+    assert len(bank) == 5
+    for c in bank:
+        assert average_run_length(0.05, c.up, c.down, c.h) >= 1e5 * len(bank)
