@@ -146,12 +146,24 @@ def build(
         row for row in rows if row.get("label") is not None and row.get("prediction") is not None
     ]
     if spec.task == "binary" and labelled:
-        # labelled reference data: calibrate the quality estimate on it
+        # labelled reference data: calibrate the quality estimate on it, and the error rate
         scores = np.array([_number(row["prediction"]) for row in labelled])
         positive = np.array([is_positive(row["label"], spec.positive_labels) for row in labelled])
         keep = ~np.isnan(scores)
         profile.calibration = calibration_map(scores[keep], positive[keep])
+        wrong = (scores[keep] >= settings.quality.threshold) != positive[keep]
+        profile.errors = [int(wrong.sum()), int(keep.sum())]
+    elif spec.task == "multiclass" and labelled:
+        wrong = [_class(row["prediction"]) != _class(row["label"]) for row in labelled]
+        profile.errors = [sum(wrong), len(wrong)]
     return profile
+
+
+def _class(value: Any) -> str:
+    """A class as the worker names it (a whole number read as a float is that integer)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def load_profiles(settings: Settings) -> dict[tuple[str, str], Profile]:

@@ -614,7 +614,7 @@ class Quality:
         )
         detector = self.detectors.get(key)
         if detector is None:
-            detector = self.detectors[key] = self._detector(name, spec)
+            detector = self.detectors[key] = self._detector(name, spec, version, slice_name)
             # the counter exists at 0 from the start, so that increase() sees the first alarm
             self.concept_alarms.setdefault((model, version, slice_name, name), 0)
         counted = (model, version, slice_name, name)
@@ -635,16 +635,22 @@ class Quality:
                 alarms.append(ConceptAlarm(model, version, slice_name, name, t))
         return alarms
 
-    def _detector(self, name: str, spec: ModelSpec) -> Any:
+    def _detector(self, name: str, spec: ModelSpec, version: str, slice_name: str) -> Any:
         """A new concept detector. The Bernoulli CUSUM's budget is the version's, split
         evenly over the version and its slice specs: the tracked values of one slice spec
-        split its labels between them, so together they false-alarm at one stream's rate."""
+        split its labels between them, so together they false-alarm at one stream's rate.
+        Its reference is the version's profile's labelled data when that holds at least
+        ``reference_labels`` labels (not for a slice: slices differ by nature), otherwise
+        the stream's own first labels."""
         if name != "cusum":
             return _river(name)
-        streams = 1 + len(spec.slices)
-        return ConceptCusum(
-            self.settings.reference_labels, self.settings.false_alarm_budget_labels * streams
-        )
+        run_length = self.settings.false_alarm_budget_labels * (1 + len(spec.slices))
+        profile = self.profiles.get((spec.name, version))
+        if slice_name == ALL and profile is not None and profile.errors is not None:
+            errors, labelled = profile.errors
+            if labelled >= self.settings.reference_labels:
+                return ConceptCusum(labelled, run_length, labelled, errors)
+        return ConceptCusum(self.settings.reference_labels, run_length)
 
     def _expire(self, state: PartitionQuality) -> None:
         for _name, store in state.pending.items():

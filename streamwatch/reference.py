@@ -216,6 +216,9 @@ class Profile:
     # Binary models with labelled reference data: P(label positive | score bin), for
     # CALIBRATION_BINS equal-width score bins (used by the quality estimate).
     calibration: list[float] | None = None
+    # Labelled reference data (binary, multiclass): [errors, labelled predictions], the
+    # reference error rate of the version's quality alarms (docs/quality.md).
+    errors: list[int] | None = None
 
     def calibrate(self, scores: FloatArray) -> FloatArray:
         """Calibrated probabilities of scores (the scores themselves without a map)."""
@@ -253,6 +256,7 @@ class Profile:
             "lineage": asdict(self.lineage),
             "signals": body,
             "calibration": self.calibration,
+            "errors": self.errors,
         }
 
     def save(self, path: Path) -> None:
@@ -281,9 +285,8 @@ class Profile:
             else:
                 fields["counts"] = np.asarray(fields["counts"], dtype=np.int64)
                 categorical[s.key] = CategoricalReference(**fields)
-        return cls(
-            lineage, signals, numeric, categorical, int(data["bins"]), data.get("calibration")
-        )
+        bins, calibration, errors = int(data["bins"]), data.get("calibration"), data.get("errors")
+        return cls(lineage, signals, numeric, categorical, bins, calibration, errors)
 
     @classmethod
     def load(cls, path: Path, signals: list[Signal]) -> Profile:

@@ -20,6 +20,7 @@ within 5,000 events. False alarms: alarms on stationary streams, per 10^6 events
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +34,9 @@ from scipy import stats
 from streamwatch.config import parse_settings
 from streamwatch.decode import Prediction
 from streamwatch.monitor import Monitor
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bench.detection import quality
 
 FEATURES = 12
 REFERENCE = 20_000
@@ -313,6 +317,18 @@ def main() -> None:
         default=1_000_000,
         help="events per stationary stream (default 10^6)",
     )
+    parser.add_argument(
+        "--label-streams",
+        type=int,
+        default=10,
+        help="stationary outcome streams per error rate, for quality false alarms (default 10)",
+    )
+    parser.add_argument(
+        "--stationary-labels",
+        type=int,
+        default=1_000_000,
+        help="labels per stationary outcome stream (default 10^6)",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results.md"))
     args = parser.parse_args()
@@ -352,6 +368,8 @@ def main() -> None:
         "| --- | --- | --- |",
     ]
     lines += [f"| {b:,.0f} | {n} | {per:,.0f} |" for b, n, per in calib]
+    print("quality alarms (median labels after the change):", flush=True)
+    lines += quality.tables(args.runs, args.label_streams, args.stationary_labels, args.seed)
     lines += [
         "",
         f"{args.runs} runs per scenario (KSWIN: {min(args.runs, 3)}, on the changed "

@@ -182,13 +182,18 @@ def reference_rate(errors: int, outcomes: int) -> float:
 @dataclass
 class ConceptCusum:
     """A stream's error-rate test: its first ``reference_labels`` outcomes are the
-    reference, then an :class:`ErrorCusum` runs on the rest."""
+    reference, then an :class:`ErrorCusum` runs on the rest. Given ``seen`` and ``errors``
+    from labelled reference data (a baseline profile), it starts testing at once."""
 
     reference_labels: int
     run_length: float
     seen: int = 0
     errors: int = 0
     cusum: ErrorCusum | None = None
+
+    def __post_init__(self) -> None:
+        if self.seen and self.seen >= self.reference_labels:
+            self.cusum = ErrorCusum(reference_rate(self.errors, self.seen), self.run_length)
 
     def update(self, errors: FloatArray) -> list[int]:
         """Feed 0/1 outcomes (NaN: no outcome, skipped); the positions of the alarms."""

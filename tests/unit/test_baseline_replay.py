@@ -151,6 +151,10 @@ def test_baseline_writes_a_profile_with_lineage(tmp_path: Path, suffix: str) -> 
     assert len(calibration) == 20
     assert abs(calibration[2] - 0.125) < 0.06
     assert abs(calibration[17] - 0.875) < 0.06
+    # ...and the reference error rate of the quality alarms, at the config's threshold
+    rows = _training_rows(3000)
+    wrong = sum((r["prediction"] >= 0.5) != bool(r["label"]) for r in rows)
+    assert body["errors"] == [wrong, 3000]
 
 
 def test_the_worker_judges_a_version_against_its_profile(tmp_path: Path) -> None:

@@ -422,3 +422,32 @@ def test_key_codes_of_retired_versions_are_reused_once_nothing_carries_them() ->
     assert len(live) <= 8  # versions seen in the last 600 s (and __other__ keys)
     assert len(q.keys.names) < 600  # without reuse: 2,000 (two keys per version)
     assert ("m", "v999", "__all__") in q.snapshot().totals  # the live versions still count
+
+
+@pytest.mark.parametrize("reference", ["profile", "first labels"])
+def test_a_profile_with_labels_is_the_reference_of_the_version(reference: str) -> None:
+    """With a profile's labelled data (5% errors) the version's error test runs from its
+    first label, and a model at 20% errors is caught at once; without it, those labels are
+    the reference and 20% is the norm."""
+    profiles = {}
+    if reference == "profile":
+        signals = [Signal("feature", "x", "numeric"), Signal("prediction", "prediction", "numeric")]
+        columns = {"feature:x": np.ones(100), "prediction:prediction": np.full(100, 0.9)}
+        profile = build_profile(Lineage("m", "v1"), signals, columns, bins=10)
+        profile.errors = [500, 10_000]
+        profiles[("m", "v1")] = profile
+    model = {"name": "m", "task": "binary", "features": [{"name": "x", "type": "numeric"}]}
+    q = Quality(settings(models=[model]), profiles)
+    rng = np.random.default_rng(2)
+    wrong = rng.random(3000) < 0.2
+    alarms = q.apply(
+        [pred(i, 0.9) for i in range(3000)],
+        [lab(i, 0.0 if wrong[i] else 1.0) for i in range(3000)],
+    )
+    version = [a for a in alarms if a.slice == "__all__"]
+    if reference == "profile":
+        assert version
+        # labels come 600 s after their predictions; KL(0.2 || 0.05) = 0.13 nats a label
+        assert version[0].event_time < T0 + 600 + 300
+    else:
+        assert not version
