@@ -368,7 +368,9 @@ class DriftSettings(_Section):
     # The CUSUM design: the smallest shifts to catch fast.
     mean_shift_sigmas: float = Field(default=0.5, gt=0, le=5)
     scale_ratio: float = Field(default=1.5, gt=1, le=10)
-    # Categorical signals: one chi-square test per this many events (and partition).
+    # The test of categorical signals: cusum (a Bernoulli CUSUM bank per category, per
+    # event), or chi2 (a chi-square test per categorical_test_events events).
+    categorical_detector: Literal["cusum", "chi2"] = "cusum"
     categorical_test_events: int = Field(default=1000, ge=50)
     # The detector of numeric signals: cusum, or one of river's (adwin, page_hinkley, kswin).
     detector: Literal["cusum", "adwin", "page_hinkley", "kswin"] = "cusum"

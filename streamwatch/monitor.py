@@ -34,7 +34,7 @@ import numpy as np
 from streamwatch.activity import Activity, VersionKey
 from streamwatch.config import ModelSpec, Settings, WindowSpec
 from streamwatch.decode import Prediction, Rejection
-from streamwatch.detectors import Budget, Chi2Bank, Crossing, CusumBank, RiverBank
+from streamwatch.detectors import Budget, CategoryBank, Chi2Bank, Crossing, CusumBank, RiverBank
 from streamwatch.join import id_hash
 from streamwatch.reference import Lineage, Profile, Signal, bin_index, build_profile, uniforms
 from streamwatch.slices import ALL, OTHER, Slicer
@@ -260,7 +260,7 @@ class Detectors:
     cusum: CusumBank | None
     cusum_columns: list[int]
     river: list[tuple[RiverBank, list[int]]]
-    chi2: Chi2Bank | None
+    categorical: Chi2Bank | CategoryBank | None  # the categorical signals' test
 
 
 @dataclass
@@ -430,8 +430,9 @@ class Monitor:
             for name in names:
                 key = (model, model_version, slice_name, signal.signal, signal.name, name)
                 self.alarms.setdefault(key, 0)
+        name = "chi2" if self.drift.categorical_detector == "chi2" else "cusum_category"
         for signal in layout.categorical:
-            key = (model, model_version, slice_name, signal.signal, signal.name, "chi2")
+            key = (model, model_version, slice_name, signal.signal, signal.name, name)
             self.alarms.setdefault(key, 0)
 
     def _apply_group(
@@ -475,10 +476,12 @@ class Monitor:
         layout = version.layout
         choice = [self.drift.detectors.get(s.name, self.drift.detector) for s in layout.numeric]
         cusum_columns = [j for j, c in enumerate(choice) if c == "cusum"]
+        references = [version.profile.categorical[s.key].counts for s in layout.categorical]
+        per_event = self.drift.categorical_detector == "cusum"
         budget = Budget(
             self.drift.false_alarm_budget_events * self.segments[version.key[0]],
             len(cusum_columns),
-            len(layout.categorical),
+            CategoryBank.units(references) if per_event else len(references),
             self.drift.mean_shift_sigmas,
             self.drift.scale_ratio,
         )
@@ -486,15 +489,14 @@ class Monitor:
         for name in sorted(set(choice) - {"cusum"}):
             columns = [j for j, c in enumerate(choice) if c == name]
             river.append((RiverBank(name, len(columns)), columns))
-        chi2 = None
-        if layout.categorical:
+        categorical: Chi2Bank | CategoryBank | None = None
+        if layout.categorical and per_event:
+            categorical = CategoryBank(references, budget.chart_run_length)
+        elif layout.categorical:
             n = self.drift.categorical_test_events
-            chi2 = Chi2Bank(
-                [version.profile.categorical[s.key].counts for s in layout.categorical],
-                n,
-                budget.chi2_alpha(n),
-            )
-        return Detectors(budget.cusum_bank() if cusum_columns else None, cusum_columns, river, chi2)
+            categorical = Chi2Bank(references, n, budget.chi2_alpha(n))
+        cusum = budget.cusum_bank() if cusum_columns else None
+        return Detectors(cusum, cusum_columns, river, categorical)
 
     def _detect(
         self, version: VersionState, detectors: Detectors, coded: Coded, group: list[Prediction]
@@ -508,13 +510,13 @@ class Monitor:
         for bank, columns in detectors.river:
             for c in bank.update(coded.values[:, columns]):
                 found.append((layout.numeric[columns[c.column]], c))
-        if detectors.chi2 is not None:
+        if detectors.categorical is not None:
             codes, offset = [], 0
             assert version.profile is not None
             for j, s in enumerate(layout.categorical):
                 codes.append(coded.categories[:, j] - offset)
                 offset += version.profile.categorical[s.key].width
-            for c in detectors.chi2.update(codes):
+            for c in detectors.categorical.update(codes):
                 found.append((layout.categorical[c.column], c))
         model, model_version, slice_name = version.key
         return [
@@ -738,6 +740,10 @@ class Monitor:
             for c, value in zip(columns, values, strict=True):
                 s = layout.numeric[c]
                 snap.detector_ratio.append((*key, s.signal, s.name, "cusum", float(value)))
-        chi2 = next((d.chi2 for d in banks if d.chi2 is not None), None)
-        if chi2 is not None:
-            snap.thresholds.append((*key, "chi2", chi2.alpha))
+        categorical = [d.categorical for d in banks if d.categorical is not None]
+        if categorical and isinstance(categorical[0], Chi2Bank):
+            snap.thresholds.append((*key, "chi2", categorical[0].alpha))
+        elif categorical:  # the per-category banks' thresholds differ: the ratio only
+            values = np.max([bank.values() for bank in categorical], axis=0)
+            for s, value in zip(layout.categorical, values.tolist(), strict=True):
+                snap.detector_ratio.append((*key, s.signal, s.name, "cusum_category", value))

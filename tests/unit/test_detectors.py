@@ -58,8 +58,8 @@ def test_calibrated_run_length_matches_simulation(chart: str, k: float) -> None:
 
 
 def test_budget_splits_over_signals() -> None:
-    one = Budget(1e6, cusum_signals=1, categorical_signals=0)
-    many = Budget(1e6, cusum_signals=13, categorical_signals=2)
+    one = Budget(1e6, cusum_signals=1, categorical_units=0)
+    many = Budget(1e6, cusum_signals=13, categorical_units=2)
     assert one.chart_run_length == 4e6
     assert many.chart_run_length == 1e6 * 54
     assert many.chi2_alpha(1000) == pytest.approx(1000 / (1e6 * 54))

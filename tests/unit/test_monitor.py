@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pytest
 
 from streamwatch.config import parse_settings
 from streamwatch.decode import Prediction, Rejection
@@ -103,7 +104,12 @@ def test_stationary_stream_scores_everything_and_raises_nothing() -> None:
         "cusum_mean",
         "cusum_scale_up",
         "cusum_scale_down",
-        "chi2",
+    }
+    assert {(f, d) for (*_, f, d, _) in snap.detector_ratio} == {
+        ("a", "cusum"),
+        ("b", "cusum"),
+        ("prediction", "cusum"),
+        ("c", "cusum_category"),
     }
     assert all(0 <= r < 1 for (*_, r) in snap.detector_ratio)
 
@@ -125,12 +131,18 @@ def test_a_mean_shift_in_one_feature_alarms_that_feature_within_a_few_hundred_ev
     assert scores(monitor, "mean_shift")["a"] > 0.3
 
 
-def test_a_category_frequency_change_raises_a_chi2_alarm() -> None:
-    monitor = Monitor(SETTINGS)
+@pytest.mark.parametrize("detector", ["cusum_category", "chi2"])
+def test_a_category_frequency_change_raises_an_alarm(detector: str) -> None:
+    categorical = "chi2" if detector == "chi2" else "cusum"
+    monitor = Monitor(
+        parse_settings(CONFIG | {"drift": CONFIG["drift"] | {"categorical_detector": categorical}})
+    )
     for start in range(0, 5000, 500):
         monitor.apply(batch(start, 500))
     raised = monitor.apply(batch(5000, 1000, c_probs=(0.4, 0.6)))
-    assert {(a.feature, a.detector) for a in raised} == {("c", "chi2")}
+    assert {(a.feature, a.detector) for a in raised} == {("c", detector)}
+    if detector == "cusum_category":  # per event: long before a 1,000-event window fills
+        assert min(a.offset for a in raised) < 5000 + 100
 
 
 def test_versions_have_their_own_reference() -> None:
