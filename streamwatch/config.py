@@ -365,9 +365,30 @@ class WindowSpec(_Section):
 class DriftSettings(_Section):
     # Expected events between false alarms, per model version, all its signals together.
     false_alarm_budget_events: float = Field(default=1e6, ge=100)
-    # The CUSUM design: the smallest shifts to catch fast.
-    mean_shift_sigmas: float = Field(default=0.5, gt=0, le=5)
-    scale_ratio: float = Field(default=1.5, gt=1, le=10)
+    # The CUSUM designs: the mean shifts (in standard deviations) and spread ratios the
+    # charts are tuned to; one chart pair per design (a single number: one design).
+    mean_shift_sigmas: list[float] = Field(default=[0.35, 0.7, 1.4], min_length=1, max_length=6)
+    scale_ratio: list[float] = Field(default=[1.35, 1.7], min_length=1, max_length=6)
+
+    @field_validator("mean_shift_sigmas", "scale_ratio", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, int | float) else value
+
+    @field_validator("mean_shift_sigmas")
+    @classmethod
+    def _shifts(cls, value: list[float]) -> list[float]:
+        if not all(0 < v <= 5 for v in value):
+            raise ValueError("every mean shift must be above 0 and at most 5 sigmas")
+        return sorted(set(value))
+
+    @field_validator("scale_ratio")
+    @classmethod
+    def _ratios(cls, value: list[float]) -> list[float]:
+        if not all(1 < v <= 10 for v in value):
+            raise ValueError("every scale ratio must be above 1 and at most 10")
+        return sorted(set(value))
+
     # The test of categorical signals: cusum (a Bernoulli CUSUM bank per category, per
     # event), or chi2 (a chi-square test per categorical_test_events events).
     categorical_detector: Literal["cusum", "chi2"] = "cusum"

@@ -482,8 +482,8 @@ class Monitor:
             self.drift.false_alarm_budget_events * self.segments[version.key[0]],
             len(cusum_columns),
             CategoryBank.units(references) if per_event else len(references),
-            self.drift.mean_shift_sigmas,
-            self.drift.scale_ratio,
+            tuple(self.drift.mean_shift_sigmas),
+            tuple(self.drift.scale_ratio),
         )
         river = []
         for name in sorted(set(choice) - {"cusum"}):
@@ -730,9 +730,9 @@ class Monitor:
         if budget_bank is not None:
             snap.thresholds.extend(
                 [
-                    (*key, "cusum_mean", budget_bank.h_mean),
-                    (*key, "cusum_scale_up", budget_bank.h_scale_up),
-                    (*key, "cusum_scale_down", budget_bank.h_scale_down),
+                    (*key, "cusum_mean", budget_bank.threshold_of(0)),
+                    (*key, "cusum_scale_up", budget_bank.threshold_of(2)),
+                    (*key, "cusum_scale_down", budget_bank.threshold_of(3)),
                 ]
             )
             values = np.max([d.cusum.values() for d in banks if d.cusum is not None], axis=0)

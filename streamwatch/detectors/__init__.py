@@ -12,14 +12,14 @@ Families (each a *bank*: one object runs a detector for many signals):
 
 The budget is the expected number of events between false alarms for one model version,
 all its signals together. It is split evenly over *units*: each one-sided CUSUM chart is a
-unit (four per numeric signal), and so is each tested category of a categorical signal
-(its bank of Bernoulli CUSUMs), or, with ``chi2``, each categorical signal's test series. A CUSUM
-chart gets an in-control run length of ``budget x units``; a chi-square test of ``n``
-events gets ``alpha = n / (budget x units)``. Rates add up, so the whole model version
-meets the budget (a Bonferroni split over signals and, for the tests, over time).
-Each partition runs its own detectors on its own events: a chart that sees 1/P of the
-events fires at 1/P of the rate per event of the stream, so partitions do not use up
-budget.
+unit (two per design and family: ten per numeric signal at the default designs), and so is
+each tested category of a categorical signal (its bank of Bernoulli CUSUMs), or, with
+``chi2``, each categorical signal's test series. A CUSUM chart or a category's bank gets an
+in-control run length of ``budget x units``; a chi-square test of ``n`` events gets
+``alpha = n / (budget x units)``. Rates add up, so the whole model version meets the
+budget (a Bonferroni split over signals and, for the tests, over time). Each partition
+runs its own detectors on its own events: a chart that sees 1/P of the events fires at 1/P
+of the rate per event of the stream, so partitions do not use up budget.
 """
 
 from __future__ import annotations
@@ -30,10 +30,12 @@ from streamwatch.detectors.base import Crossing
 from streamwatch.detectors.calibration import HALF_NORMAL_MEAN, HALF_NORMAL_STD, threshold
 from streamwatch.detectors.categories import CategoryBank
 from streamwatch.detectors.chi2 import Chi2Bank
-from streamwatch.detectors.cusum import CusumBank
+from streamwatch.detectors.cusum import Chart, CusumBank
 from streamwatch.detectors.river_detectors import RIVER_DETECTORS, RiverBank
 
 DETECTORS = ("cusum", *RIVER_DETECTORS)
+MEAN_SHIFTS = (0.35, 0.7, 1.4)  # the default designs, in standard deviations
+SCALE_RATIOS = (1.35, 1.7)
 
 __all__ = [
     "DETECTORS",
@@ -53,12 +55,16 @@ class Budget:
     events_between_false_alarms: float
     cusum_signals: int
     categorical_units: int  # tested categories (cusum), or categorical signals (chi2)
-    mean_shift_sigmas: float = 0.5
-    scale_ratio: float = 1.5
+    mean_shifts: tuple[float, ...] = MEAN_SHIFTS
+    scale_ratios: tuple[float, ...] = SCALE_RATIOS
+
+    @property
+    def charts_per_signal(self) -> int:
+        return 2 * (len(self.mean_shifts) + len(self.scale_ratios))
 
     @property
     def units(self) -> int:
-        return max(1, 4 * self.cusum_signals + self.categorical_units)
+        return max(1, self.charts_per_signal * self.cusum_signals + self.categorical_units)
 
     @property
     def chart_run_length(self) -> float:
@@ -68,14 +74,16 @@ class Budget:
         return events_per_test / (self.events_between_false_alarms * self.units)
 
     def cusum_bank(self) -> CusumBank:
-        k_mean = self.mean_shift_sigmas / 2.0
-        k_scale = HALF_NORMAL_MEAN * (self.scale_ratio - 1.0) / HALF_NORMAL_STD / 2.0
         arl = self.chart_run_length
-        return CusumBank(
-            self.cusum_signals,
-            k_mean,
-            k_scale,
-            threshold("mean", k_mean, arl),
-            threshold("scale_up", k_scale, arl),
-            threshold("scale_down", k_scale, arl),
-        )
+        charts = []
+        for shift in self.mean_shifts:
+            k = shift / 2.0
+            h = threshold("mean", k, arl)
+            charts += [Chart(0, shift, k, h), Chart(1, shift, k, h)]
+        for ratio in self.scale_ratios:
+            k = HALF_NORMAL_MEAN * (ratio - 1.0) / HALF_NORMAL_STD / 2.0
+            charts += [
+                Chart(2, ratio, k, threshold("scale_up", k, arl)),
+                Chart(3, ratio, k, threshold("scale_down", k, arl)),
+            ]
+        return CusumBank(self.cusum_signals, charts)

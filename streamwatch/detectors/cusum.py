@@ -1,10 +1,14 @@
 """CUSUM charts on normal scores, vectorised over a micro-batch and all numeric signals.
 
-Four one-sided charts per signal: the mean up and down (``±z - k``) and the scale up and
-down (``±(|z| - m)/s - k``). The recursion ``S_t = max(0, S_{t-1} + Y_t)`` has the closed
-form ``S_t = C_t - min(-S_0, min_{s<=t} C_s)`` with ``C`` the running sum of increments, so
-a whole batch is two numpy scans per chart; Python only runs again after an alarm, to
-restart that chart from zero on the next event (river's convention: a detector resets
+One-sided charts per signal, at each design: the mean up and down (``±z - k``) and the
+scale up and down (``±(|z| - m)/s - k``). A chart is fastest on the shift it is designed
+for (``k`` half of it) and slow on much smaller ones, so the bank runs several designs and
+the budget is split across them (docs/detection.md).
+
+The recursion ``S_t = max(0, S_{t-1} + Y_t)`` has the closed form
+``S_t = C_t - min(-S_0, min_{s<=t} C_s)`` with ``C`` the running sum of increments, so a
+whole batch is two numpy scans per chart; Python only runs again after an alarm, to restart
+that signal's charts from zero on the next event (river's convention: a detector resets
 itself after it fires).
 """
 
@@ -18,7 +22,8 @@ from streamwatch.detectors.base import Crossing
 from streamwatch.detectors.calibration import HALF_NORMAL_MEAN, HALF_NORMAL_STD
 from streamwatch.statistics import FloatArray
 
-CHARTS = ("mean", "mean", "scale_up", "scale_down")  # calibration family of each side
+FAMILIES = ("mean", "mean", "scale_up", "scale_down")  # calibration family of each kind
+CHUNK = 1024  # events scanned at once
 
 
 def scan(increments: FloatArray, start: FloatArray) -> FloatArray:
@@ -27,53 +32,74 @@ def scan(increments: FloatArray, start: FloatArray) -> FloatArray:
     return c - np.minimum(np.minimum.accumulate(c, axis=0), -start)
 
 
+@dataclass(frozen=True)
+class Chart:
+    """One one-sided chart, run on every signal of the bank."""
+
+    kind: int  # 0 mean up, 1 mean down, 2 scale up, 3 scale down
+    design: float  # the shift (in sigmas) or the spread ratio it is tuned to
+    k: float
+    h: float
+
+    @property
+    def detector(self) -> str:
+        return "cusum_mean" if self.kind < 2 else "cusum_scale"
+
+
 @dataclass
 class CusumBank:
-    """Mean and scale CUSUMs for ``n`` signals. ``h_mean`` and ``h_scale_*`` come from
+    """Mean and scale CUSUMs at several designs for ``n`` signals; the thresholds come from
     :func:`streamwatch.detectors.calibration.threshold`."""
 
     n: int
-    k_mean: float
-    k_scale: float
-    h_mean: float
-    h_scale_up: float
-    h_scale_down: float
+    charts: list[Chart]
     state: FloatArray = field(init=False)
 
     def __post_init__(self) -> None:
-        self.state = np.zeros((4, self.n))  # mean up, mean down, scale up, scale down
+        self.state = np.zeros((len(self.charts), self.n))
+        self._kinds = np.array([c.kind for c in self.charts])
+        self._k = np.array([c.k for c in self.charts])[:, None, None]
 
     @property
     def thresholds(self) -> FloatArray:
-        return np.array([self.h_mean, self.h_mean, self.h_scale_up, self.h_scale_down])
+        return np.array([c.h for c in self.charts])
 
     def increments(self, z: FloatArray) -> FloatArray:
-        """(4, events, signals) increments; missing values (NaN) add nothing."""
+        """(charts, events, signals) increments; missing values (NaN) add nothing."""
         a = (np.abs(z) - HALF_NORMAL_MEAN) / HALF_NORMAL_STD
-        y = np.stack([z - self.k_mean, -z - self.k_mean, a - self.k_scale, -a - self.k_scale])
+        y = np.stack([z, -z, a, -a])[self._kinds] - self._k
         return np.where(np.isnan(y), 0.0, y)
 
     def update(self, z: FloatArray) -> list[Crossing]:
         """Advance every chart over a batch of normal scores (events x signals)."""
+        crossings: list[Crossing] = []
+        # After an alarm the rest of a chunk is scanned again: chunks bound that work when
+        # a lasting shift fires every few events.
+        for start in range(0, z.shape[0], CHUNK):
+            crossings += self._update(z[start : start + CHUNK], start)
+        return crossings
+
+    def _update(self, z: FloatArray, offset: int) -> list[Crossing]:
         y = self.increments(z)
         h = self.thresholds[:, None]
         crossings: list[Crossing] = []
         begin = 0
         state = self.state
+        charts = len(self.charts)
         while begin < z.shape[0]:
-            s = np.stack([scan(y[c, begin:], state[c]) for c in range(4)])  # (4, n, f)
+            s = np.stack([scan(y[c, begin:], state[c]) for c in range(charts)])  # (C, n, f)
             over = s > h[:, None, :]
             if not over.any():
                 state = s[:, -1, :]
                 break
-            # the earliest alarm in the rest of the batch; charts restart after it
+            # the earliest alarm in the rest of the chunk; charts restart after it
             first = over.any(axis=(0, 2)).argmax()
             for chart, signal in zip(*np.nonzero(over[:, first, :]), strict=True):
                 crossings.append(
                     Crossing(
-                        begin + int(first),
+                        offset + begin + int(first),
                         int(signal),
-                        "cusum_mean" if chart < 2 else "cusum_scale",
+                        self.charts[chart].detector,
                         float(s[chart, first, signal]),
                         float(h[chart, 0]),
                     )
@@ -88,3 +114,7 @@ class CusumBank:
     def values(self) -> FloatArray:
         """Per signal, the chart closest to its threshold, as a fraction of it."""
         return np.asarray((self.state / self.thresholds[:, None]).max(axis=0), dtype=np.float64)
+
+    def threshold_of(self, kind: int) -> float:
+        """The threshold of the chart of this kind with the smallest design (exported)."""
+        return min((c for c in self.charts if c.kind == kind), key=lambda c: c.design).h

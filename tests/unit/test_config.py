@@ -281,3 +281,12 @@ def test_properties_the_guarantees_rest_on_are_refused(key: str, value: object, 
     with pytest.raises(ConfigError, match=r"kafka\.properties") as caught:
         parse_settings(body, "c.yaml")
     assert says in str(caught.value)
+
+
+def test_cusum_designs_take_one_number_or_several_and_name_a_bad_one() -> None:
+    one = parse_settings(MINIMAL | {"drift": {"mean_shift_sigmas": 0.5, "scale_ratio": 1.5}})
+    assert (one.drift.mean_shift_sigmas, one.drift.scale_ratio) == ([0.5], [1.5])
+    many = parse_settings(MINIMAL | {"drift": {"mean_shift_sigmas": [1.0, 0.25, 1.0]}})
+    assert many.drift.mean_shift_sigmas == [0.25, 1.0]  # sorted, once each
+    with pytest.raises(ConfigError, match=r"drift\.scale_ratio"):
+        parse_settings(MINIMAL | {"drift": {"scale_ratio": [0.5, 2.0]}})

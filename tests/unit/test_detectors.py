@@ -60,10 +60,13 @@ def test_calibrated_run_length_matches_simulation(chart: str, k: float) -> None:
 def test_budget_splits_over_signals() -> None:
     one = Budget(1e6, cusum_signals=1, categorical_units=0)
     many = Budget(1e6, cusum_signals=13, categorical_units=2)
-    assert one.chart_run_length == 4e6
-    assert many.chart_run_length == 1e6 * 54
-    assert many.chi2_alpha(1000) == pytest.approx(1000 / (1e6 * 54))
-    assert many.cusum_bank().h_mean > one.cusum_bank().h_mean
+    assert one.charts_per_signal == 10  # three mean and two scale designs, both ways
+    assert one.chart_run_length == 10e6
+    assert many.chart_run_length == 1e6 * 132
+    assert many.chi2_alpha(1000) == pytest.approx(1000 / (1e6 * 132))
+    assert many.cusum_bank().threshold_of(0) > one.cusum_bank().threshold_of(0)
+    single = Budget(1e6, 1, 0, mean_shifts=(0.5,), scale_ratios=(1.5,))
+    assert single.chart_run_length == 4e6
 
 
 def _bank(name: str, n: int = 1) -> CusumBank | RiverBank:
@@ -117,11 +120,11 @@ def test_cusum_restarts_after_each_alarm_and_keeps_firing_while_the_shift_lasts(
 
 
 def test_cusum_on_a_stationary_stream_stays_quiet_and_bounded() -> None:
-    bank = Budget(1e4, 1, 0).cusum_bank()  # ARL 40,000 per chart: ~5 alarms in 50,000 events
+    bank = Budget(1e4, 1, 0).cusum_bank()  # ARL 100,000 for each of 10 charts
     x = np.random.default_rng(5).normal(size=(200_000, 1))
     alarms = sum(len(bank.update(x[i : i + 5000])) for i in range(0, 200_000, 5000))
-    assert alarms <= 40  # expected 20 (4 charts at 1 per 40,000); a generous bound
-    assert bank.state.shape == (4, 1)
+    assert alarms <= 40  # expected 20 (10 charts at 1 per 100,000); a generous bound
+    assert bank.state.shape == (10, 1)
 
 
 def test_chi2_bank_detects_a_frequency_change_and_respects_alpha() -> None:
@@ -147,3 +150,26 @@ def test_threshold_is_the_smallest_that_reaches_the_run_length(chart: str, targe
     assert average_run_length(cdf, h) >= target
     if h > 0:
         assert average_run_length(cdf, h * (1 - 2e-3)) < target
+
+
+@pytest.mark.parametrize("shift", [0.25, 2.0])
+def test_a_bank_of_designs_is_faster_than_one_design_off_its_shift(shift: float) -> None:
+    """A 0.25 or 2 sigma mean shift: the default bank (0.35, 0.7, 1.4 sigmas, the budget
+    split over them) against one chart pair tuned to 0.5 sigma, on the same events."""
+    bank = Budget(1e6, 12, 0)
+    single = Budget(1e6, 12, 0, mean_shifts=(0.5,), scale_ratios=(1.5,))
+    rng = np.random.default_rng(8)
+    faster = 0
+    for _ in range(10):
+        z = rng.normal(size=(8000, 12))
+        z[:, 0] += shift
+        first = []
+        for budget in (bank, single):
+            charts = budget.cusum_bank()
+            for start in range(0, len(z), 250):  # batches, up to the first alarm
+                rows = [c.row for c in charts.update(z[start : start + 250]) if c.column == 0]
+                if rows:
+                    first.append(start + min(rows))
+                    break
+        faster += first[0] < first[1]
+    assert faster >= 8
