@@ -90,24 +90,55 @@ def average_run_length(p: float, up: int, down: int, h: int) -> float:
 
 @cache
 def threshold(p: float, up: int, down: int, target: float) -> int:
-    """The smallest ``h`` whose in-control run length reaches ``target``."""
-    lo, hi = 0, max(up, down)
-    while average_run_length(p, up, down, hi) < target:
-        lo, hi = hi, hi * 2
+    """The smallest ``h`` whose in-control run length reaches ``target``.
+
+    The log run length is close to linear in ``h``, so a false-position search on it (the
+    Illinois variant, on integers) needs a handful of chain solves where bisection needs
+    twenty."""
+    goal = math.log(target)
+
+    def gap(h: int) -> float:
+        return math.log(average_run_length(p, up, down, h)) - goal
+
+    lo, hi = 1, 2 * max(up, down)
+    f_lo, f_hi = gap(lo), gap(hi)
+    if f_lo >= 0:
+        return 1
+    while f_hi < 0:  # extrapolate the line through the last two points, a little past it
+        step = (hi - lo) * -f_hi / max(f_hi - f_lo, 1e-12)
+        lo, f_lo = hi, f_hi
+        hi += max(int(1.1 * step) + 1, 1)
         if hi > MAX_STATES:
             raise ValueError(f"no Bernoulli CUSUM threshold reaches a run length of {target:g}")
-    while hi - lo > 1:  # the log run length is near linear in h: interpolate, then bisect
-        mid = (lo + hi) // 2
-        if average_run_length(p, up, down, mid) < target:
-            lo = mid
+        f_hi = gap(hi)
+    side = 0
+    while hi - lo > 1:  # f(lo) < 0 <= f(hi)
+        mid = lo + round((hi - lo) * -f_lo / (f_hi - f_lo))
+        mid = min(max(mid, lo + 1), hi - 1)
+        f_mid = gap(mid)
+        if f_mid < 0:
+            lo, f_lo = mid, f_mid
+            if side == -1:
+                f_hi /= 2.0  # Illinois: a stale end gets half its weight
+            side = -1
         else:
-            hi = mid
+            hi, f_hi = mid, f_mid
+            if side == 1:
+                f_lo /= 2.0
+            side = 1
     return hi
 
 
-def charts(
+def quantised(p: float) -> float:
+    """``p`` rounded up to a grid 1% apart (relative), so that streams with nearly the same
+    reference rate share one calibration; rounding up errs towards fewer false alarms."""
+    return min(math.exp(math.ceil(math.log(p) / 0.01) * 0.01), 0.99)
+
+
+@cache
+def bank(
     p0: float, run_length: float, increases: tuple[float, ...] = DESIGN_INCREASES
-) -> list[Chart]:
+) -> tuple[Chart, ...]:
     """The bank for reference rate ``p0``: one chart per design increase that stays a
     rate (designs that round to the same lattice are merged), each with an in-control run
     length of ``run_length`` times the number of charts (the budget split over them)."""
@@ -118,7 +149,9 @@ def charts(
             if s not in steps:
                 steps.append(s)
     target = run_length * max(1, len(steps))
-    return [Chart(design_of(p0, u, dn), u, dn, threshold(p0, u, dn, target)) for u, dn in steps]
+    return tuple(
+        Chart(design_of(p0, u, dn), u, dn, threshold(p0, u, dn, target)) for u, dn in steps
+    )
 
 
 @dataclass
@@ -131,11 +164,11 @@ class ErrorCusum:
 
     p0: float
     run_length: float
-    charts: list[Chart] = field(init=False)
+    charts: tuple[Chart, ...] = field(init=False)
     state: IntArray = field(init=False)
 
     def __post_init__(self) -> None:
-        self.charts = charts(self.p0, self.run_length)
+        self.charts = bank(self.p0, self.run_length)
         self.state = np.zeros(len(self.charts), dtype=np.int64)
 
     def update(self, errors: FloatArray) -> list[int]:
@@ -176,7 +209,7 @@ def reference_rate(errors: int, outcomes: int) -> float:
     keeps that to the unlucky sixth of references, at the cost of a slower alarm on
     increases of about a standard error (docs/quality.md)."""
     p = (errors + 1.0) / (outcomes + 2.0)
-    return min(p + math.sqrt(p * (1.0 - p) / max(outcomes, 1)), 0.99)
+    return quantised(p + math.sqrt(p * (1.0 - p) / max(outcomes, 1)))
 
 
 @dataclass

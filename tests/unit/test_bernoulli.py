@@ -15,7 +15,7 @@ from streamwatch.detectors.bernoulli import (
     ConceptCusum,
     ErrorCusum,
     average_run_length,
-    charts,
+    bank,
     design_of,
     lattice,
     reference_rate,
@@ -70,14 +70,14 @@ def test_the_lattice_is_a_design_close_to_the_one_asked_for(p0: float, d: float)
         assert abs(design_of(p0, up, down) - (p0 + d)) <= 0.1 * d + 1e-9
 
 
-def recursion(errors: np.ndarray, bank: ErrorCusum) -> list[int]:
+def recursion(errors: np.ndarray, cusum: ErrorCusum) -> list[int]:
     """The same bank, one outcome at a time: every chart restarts after any alarm."""
-    state = [0] * len(bank.charts)
+    state = [0] * len(cusum.charts)
     alarms = []
     for t, x in enumerate(errors.tolist()):
-        steps = [c.up if x else -c.down for c in bank.charts]
+        steps = [c.up if x else -c.down for c in cusum.charts]
         state = [max(0, s + step) for s, step in zip(state, steps, strict=True)]
-        if any(s >= c.h for s, c in zip(state, bank.charts, strict=True)):
+        if any(s >= c.h for s, c in zip(state, cusum.charts, strict=True)):
             alarms.append(t)
             state = [0] * len(state)
     return alarms
@@ -155,7 +155,7 @@ def test_the_state_survives_a_pickle_round_trip() -> None:
 
 
 def test_every_design_of_the_bank_meets_the_split_budget() -> None:
-    bank = charts(0.05, 1e5)
-    assert len(bank) == 5
-    for c in bank:
-        assert average_run_length(0.05, c.up, c.down, c.h) >= 1e5 * len(bank)
+    charts = bank(0.05, 1e5)
+    assert len(charts) == 5
+    for c in charts:
+        assert average_run_length(0.05, c.up, c.down, c.h) >= 1e5 * len(charts)
