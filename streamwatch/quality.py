@@ -57,6 +57,7 @@ from streamwatch.windows import CountWindow, TimeWindow, TumblingWindow
 
 MAX_CLASSES = 100  # multiclass: classes tracked per model; the rest share the last code
 SliceKey = tuple[str, str, str]  # (model, model_version, slice)
+ESTIMATED = "cusum_estimated"  # the detector label of the estimate's test
 Window = CountWindow | TimeWindow | TumblingWindow
 Windows = list[Window]
 # joined pairs of one partition and model: their prediction's columns, times, labels
@@ -227,6 +228,8 @@ class Quality:
         self.windows: dict[int, Windows] = {}
         self.estimates: dict[int, Windows] = {}
         self.detectors: dict[int, Any] = {}
+        self.estimate_detectors: dict[int, ConceptCusum] = {}  # on the estimated errors
+        self._estimate_alarms: list[ConceptAlarm] = []
         self.prediction_watermark = float("-inf")  # closes tumbling windows
         self.totals: dict[int, Counts] = {}
         self.expired: dict[tuple[str, str], int] = defaultdict(int)
@@ -252,7 +255,8 @@ class Quality:
                 self.slicers[name] = Slicer(spec.slices)
                 self.classes[name] = {c: j for j, c in enumerate(spec.classes)}
             self.keys = Keys()
-            for table in (self.partitions, self.windows, self.estimates, self.detectors):
+            tables = (self.partitions, self.windows, self.estimates, self.detectors)
+            for table in (*tables, self.estimate_detectors):
                 table.clear()
             self.totals.clear()
             self.prediction_watermark = float("-inf")
@@ -264,6 +268,7 @@ class Quality:
             self.concept_last_alarm.clear()
             self.activity.clear()
             self._delays = []
+            self._estimate_alarms = []
 
     # -- partition ownership ------------------------------------------------------------
     def assign(self, partitions: Iterable[int]) -> None:
@@ -305,7 +310,8 @@ class Quality:
                 state = self._partition(partition)
                 self._join(state, held.get(partition, []) + labels_of.get(partition, []), matches)
                 self._expire(state)
-            alarms = self._score_in_order(matches)
+            alarms = self._estimate_alarms + self._score_in_order(matches)
+            self._estimate_alarms = []
             self._release_idle()
             self._enforce_hold_budget()
             self._retire_idle_versions()
@@ -397,7 +403,11 @@ class Quality:
                 continue
             estimate = self._estimator(name, [versions[i] for i in kept.tolist()], columns, kept)
             if estimate is not None:
-                rows, counts = estimate
+                rows, counts, errors = estimate
+                draws = np.array([keys[i] for i in kept[rows].tolist()], dtype=np.uint64)
+                # an error with its estimated probability, drawn from the id's hash (a replay
+                # draws the same): in control, exactly Bernoulli at the reference rate
+                drawn = ((draws >> np.uint64(11)) / 2.0**53 < errors).astype(np.float64)
                 for codes in key_columns:
                     self._update(
                         self.estimates,
@@ -406,13 +416,40 @@ class Quality:
                         counts,
                         self.prediction_watermark,
                     )
+                    self._test_estimate(spec, codes[kept][rows], drawn, times[kept][rows])
         return matched
+
+    def _test_estimate(
+        self, spec: ModelSpec, codes: IntArray, drawn: FloatArray, times: FloatArray
+    ) -> None:
+        """The estimate before labels, tested as the labels are: a Bernoulli CUSUM bank per
+        version and tracked slice on errors drawn with their estimated probabilities."""
+        if self.settings.concept_detector != "cusum":
+            return
+        run_length = self.settings.false_alarm_budget_labels * (1 + len(spec.slices))
+        for key in np.unique(codes).tolist():
+            model, version, slice_name = self.keys.names[key]
+            if slice_name.endswith(OTHER):
+                continue
+            detector = self.estimate_detectors.get(key)
+            counted = (model, version, slice_name, ESTIMATED)
+            if detector is None:
+                detector = self.estimate_detectors[key] = ConceptCusum(
+                    self.settings.reference_labels, run_length
+                )
+                self.concept_alarms.setdefault(counted, 0)
+            rows = np.flatnonzero(codes == key)
+            for t in times[rows[detector.update(drawn[rows])]].tolist():
+                self.concept_alarms[counted] += 1
+                self.concept_last_alarm[counted] = max(self.concept_last_alarm.get(counted, t), t)
+                self._estimate_alarms.append(ConceptAlarm(model, version, slice_name, ESTIMATED, t))
 
     def _estimator(
         self, name: str, versions: list[str], columns: dict[str, Any], kept: IntArray
-    ) -> tuple[IntArray, Callable[[IntArray], Counts]] | None:
+    ) -> tuple[IntArray, Callable[[IntArray], Counts], FloatArray] | None:
         """The stored predictions' expected counts (CBPE): which of the ``kept`` rows have
-        an estimate, and a function from row numbers among those to their counts."""
+        an estimate, a function from row numbers among those to their counts, and their
+        probabilities of being wrong."""
         spec = self.specs[name]
         if spec.task == "binary":
             scores = columns["value"][kept].astype(np.float64)
@@ -422,7 +459,8 @@ class Quality:
             def binary(rows: IntArray) -> Counts:
                 return estimated_counts(scores[rows], calibrated[rows], threshold)
 
-            return np.arange(len(kept)), binary
+            wrong = np.where(scores >= threshold, 1.0 - calibrated, calibrated)
+            return np.arange(len(kept)), binary, np.nan_to_num(wrong, nan=0.0)
         probabilities = _stacked(columns, len(spec.classes), kept)  # multiclass with classes
         if probabilities is not None:
             scored = np.flatnonzero(~np.isnan(probabilities[:, 0]))
@@ -434,7 +472,11 @@ class Quality:
                     probabilities[rows], predicted[rows], MAX_CLASSES
                 )
 
-            return scored, multiclass
+            # the predicted class's probability (the top one for a class not declared)
+            declared = predicted < probabilities.shape[1]
+            top = probabilities.max(axis=1)
+            top[declared] = probabilities[np.flatnonzero(declared), predicted[declared]]
+            return scored, multiclass, np.clip(1.0 - top, 0.0, 1.0)
         return None
 
     def _calibrated(self, model: str, versions: list[str], scores: FloatArray) -> FloatArray:
@@ -726,6 +768,7 @@ class Quality:
         self.windows.pop(code, None)
         self.estimates.pop(code, None)
         self.detectors.pop(code, None)
+        self.estimate_detectors.pop(code, None)
         self.totals.pop(code, None)
         for alarm in [a for a in self.concept_alarms if a[:3] == (model, version, slice_name)]:
             del self.concept_alarms[alarm]

@@ -451,3 +451,35 @@ def test_a_profile_with_labels_is_the_reference_of_the_version(reference: str) -
         assert version[0].event_time < T0 + 600 + 300
     else:
         assert not version
+
+
+def test_the_estimate_alarms_before_any_label_when_predictions_grow_uncertain() -> None:
+    """No labels at all: calibrated scores near 0 and 1 (about 5% wrong), then scores near
+    0.5 for one country (about 35% wrong): the estimate's test fires there, and only
+    there."""
+    model = {
+        "name": "m",
+        "task": "binary",
+        "features": [{"name": "x", "type": "numeric"}],
+        "slices": [{"name": "country", "keys": ["country"], "max_values": 3}],
+    }
+    q = Quality(settings(models=[model], quality={"reference_labels": 500}))
+    rng = np.random.default_rng(6)
+    n = 20_000
+    confident = np.where(rng.random(n) < 0.5, 0.95, 0.05)
+    country = np.where(rng.random(n) < 0.2, "IS", "DE")
+    unsure = (country == "IS") & (np.arange(n) >= 10_000)
+    scores = np.where(unsure, np.where(rng.random(n) < 0.5, 0.65, 0.35), confident)
+    alarms = []
+    for start in range(0, n, 1000):
+        rows = range(start, start + 1000)
+        alarms += q.apply([pred(i, float(scores[i]), str(country[i])) for i in rows], [])
+    estimated = [a for a in alarms if a.detector == "cusum_estimated"]
+    assert {a.slice for a in estimated} <= {"country=IS", "__all__"}
+    iceland = [a.event_time for a in estimated if a.slice == "country=IS"]
+    assert iceland
+    assert min(iceland) > T0 + 10_000  # after the change
+    assert min(iceland) < T0 + 10_000 + 1000  # within 200 of Iceland's predictions
+    counted = q.snapshot().concept_alarms
+    assert counted[("m", "v1", "country=IS", "cusum_estimated")] == len(iceland)
+    assert counted[("m", "v1", "country=DE", "cusum_estimated")] == 0
