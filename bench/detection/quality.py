@@ -147,7 +147,8 @@ def engine_alarms(errors: np.ndarray, segments: np.ndarray, sliced: bool) -> lis
             for i, a in zip(rows, segment, strict=True)
         ]
         labels = [Label(f"p{i}", 0.0 if errors[i] else 1.0, T0 + i, 0, i) for i in rows]
-        alarms += [(int(a.event_time - T0), a.slice) for a in quality.apply(predictions, labels)]
+        found = quality.apply(predictions, labels)
+        alarms += [(int(a.event_time - T0), a.slice) for a in found if a.detector == "cusum"]
     return alarms
 
 
