@@ -473,8 +473,9 @@ class QualitySettings(_Section):
     false_alarm_budget_labels: float = Field(default=1e6, ge=100)
     # cusum: each version's and slice value's first labels, which give its reference error rate.
     reference_labels: int = Field(default=2000, ge=100)
-    # Regression: river's detector on the absolute error.
-    regression_detector: Literal["adwin", "page_hinkley"] = "adwin"
+    # Regression, on the absolute error: cusum (a Bernoulli CUSUM bank on errors above the
+    # reference's 80th percentile, under the budget above) or river's adwin, page_hinkley.
+    regression_detector: Literal["cusum", "adwin", "page_hinkley"] = "cusum"
 
 
 class GateSettings(_Section):

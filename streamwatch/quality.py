@@ -7,7 +7,7 @@ worker owns, and fed in one order (:mod:`streamwatch.ordering`)::
 
     predictions -> slices (bounded) -> pending store -> estimated counts (binary) -> windows
     labels -> join (first label wins; TTL; early hold) -> labelled counts -> windows, totals
-                                                       -> river detector on the errors
+                                                       -> sequential test on the errors
 
 A label joins its prediction when it comes at most ``labels.ttl_seconds`` of event time
 after it: decided per pair, so the answer does not depend on batch boundaries.
@@ -34,7 +34,7 @@ from river import drift
 from streamwatch.activity import Activity
 from streamwatch.config import ModelSpec, QualitySettings, Settings, WindowSpec
 from streamwatch.decode import Label, Prediction, is_positive
-from streamwatch.detectors.bernoulli import ConceptCusum
+from streamwatch.detectors.bernoulli import ConceptCusum, ExceedanceCusum
 from streamwatch.join import EarlyLabels, PendingPredictions, id_hash
 from streamwatch.ordering import order_key
 from streamwatch.reference import Profile
@@ -660,7 +660,7 @@ class Quality:
             # the counter exists at 0 from the start, so that increase() sees the first alarm
             self.concept_alarms.setdefault((model, version, slice_name, name), 0)
         counted = (model, version, slice_name, name)
-        if isinstance(detector, ConceptCusum):
+        if isinstance(detector, ConceptCusum | ExceedanceCusum):
             rows = detector.update(errors)
             for t in times[rows].tolist():
                 self.concept_alarms[counted] += 1
@@ -687,6 +687,8 @@ class Quality:
         if name != "cusum":
             return _river(name)
         run_length = self.settings.false_alarm_budget_labels * (1 + len(spec.slices))
+        if spec.task == "regression":
+            return ExceedanceCusum(self.settings.reference_labels, run_length)
         profile = self.profiles.get((spec.name, version))
         if slice_name == ALL and profile is not None and profile.errors is not None:
             errors, labelled = profile.errors

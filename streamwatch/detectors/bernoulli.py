@@ -241,3 +241,38 @@ class ConceptCusum:
                 return []
             self.cusum = ErrorCusum(reference_rate(self.errors, self.seen), self.run_length)
         return [int(rows[start + i]) for i in self.cusum.update(x[start:])]
+
+
+@dataclass
+class ExceedanceCusum:
+    """A regression model's absolute errors, tested as outcomes: an error above the
+    reference's ``level`` quantile is a "miss". Its first ``reference_labels`` errors give
+    the quantile, and in control a miss has probability ``1 - level`` (exactly, for
+    continuous errors, whatever their distribution), so the Bernoulli bank's exact
+    calibration applies; larger errors make misses more frequent."""
+
+    reference_labels: int
+    run_length: float
+    level: float = 0.8
+    cutoff: float | None = None
+    cusum: ErrorCusum | None = None
+    _reference: list[float] = field(default_factory=list)
+
+    def update(self, errors: FloatArray) -> list[int]:
+        """Feed absolute errors (NaN: no outcome, skipped); the positions of the alarms."""
+        rows = np.flatnonzero(~np.isnan(errors))
+        x = errors[rows]
+        start = 0
+        if self.cusum is None:
+            start = min(len(x), self.reference_labels - len(self._reference))
+            self._reference += x[:start].tolist()
+            if len(self._reference) < self.reference_labels:
+                return []
+            reference = np.array(self._reference)
+            self.cutoff = float(np.quantile(reference, self.level))
+            misses = int(np.count_nonzero(reference > self.cutoff))
+            self.cusum = ErrorCusum(reference_rate(misses, len(reference)), self.run_length)
+            self._reference = []
+        assert self.cutoff is not None
+        missed = (x[start:] > self.cutoff).astype(np.float64)
+        return [int(rows[start + i]) for i in self.cusum.update(missed)]

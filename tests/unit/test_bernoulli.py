@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from streamwatch.detectors.bernoulli import (
     ConceptCusum,
     ErrorCusum,
+    ExceedanceCusum,
     average_run_length,
     bank,
     design_of,
@@ -159,3 +160,32 @@ def test_every_design_of_the_bank_meets_the_split_budget() -> None:
     assert len(charts) == 5
     for c in charts:
         assert average_run_length(0.05, c.up, c.down, c.h) >= 1e5 * len(charts)
+
+
+@pytest.mark.parametrize("draw", ["exponential", "lognormal"])
+def test_regression_errors_above_the_reference_quantile_keep_the_budget(draw: str) -> None:
+    """Whatever the errors' distribution, a miss (above the reference's 80th percentile)
+    comes with probability 0.2 in control: false alarms stay within the budget."""
+    rng = np.random.default_rng(12)
+
+    def errors(n: int) -> np.ndarray:
+        return rng.exponential(1.0, n) if draw == "exponential" else rng.lognormal(0, 2, n)
+
+    budget, n = 2000.0, 2_000_000
+    detector = ExceedanceCusum(reference_labels=5000, run_length=budget)
+    alarms = sum(len(detector.update(errors(20_000))) for _ in range(n // 20_000))
+    assert detector.cutoff is not None
+    expected = n / budget
+    assert alarms <= expected + 3.1 * math.sqrt(expected)
+    assert alarms >= expected / 10  # measured: 127 and 178 of 1,000 (the margins, the overlap)
+
+
+def test_regression_errors_that_grow_are_caught() -> None:
+    rng = np.random.default_rng(13)
+    detector = ExceedanceCusum(reference_labels=2000, run_length=1e6)
+    assert detector.update(np.abs(rng.normal(0, 1.0, 5000))) == []
+    grown = np.abs(rng.normal(0, 1.5, 5000))  # errors 1.5 times as large
+    grown[:10] = np.nan  # no outcome: skipped
+    fired = detector.update(grown)
+    assert fired
+    assert 10 < fired[0] < 1000

@@ -483,3 +483,20 @@ def test_the_estimate_alarms_before_any_label_when_predictions_grow_uncertain() 
     counted = q.snapshot().concept_alarms
     assert counted[("m", "v1", "country=IS", "cusum_estimated")] == len(iceland)
     assert counted[("m", "v1", "country=DE", "cusum_estimated")] == 0
+
+
+def test_a_regression_model_whose_errors_grow_raises_a_budgeted_alarm() -> None:
+    model = {"name": "eta", "task": "regression", "features": [{"name": "x", "type": "numeric"}]}
+    q = Quality(settings(models=[model], quality={"reference_labels": 1000}))
+    rng = np.random.default_rng(3)
+    n = 6000
+    error = rng.normal(0.0, np.where(np.arange(n) < 3000, 1.0, 2.0))  # twice as large
+    alarms = q.apply(
+        [
+            Prediction(f"r{i}", "eta", "1", T0 + i, {"x": 1.0}, 10.0, None, None, {}, 0, i)
+            for i in range(n)
+        ],
+        [Label(f"r{i}", 10.0 + float(error[i]), T0 + i, 0, i) for i in range(n)],
+    )
+    assert {a.detector for a in alarms} == {"cusum"}
+    assert T0 + 3000 < min(a.event_time for a in alarms) < T0 + 3300
