@@ -407,7 +407,8 @@ class Quality:
                 draws = np.array([keys[i] for i in kept[rows].tolist()], dtype=np.uint64)
                 # an error with its estimated probability, drawn from the id's hash (a replay
                 # draws the same): in control, exactly Bernoulli at the reference rate
-                drawn = ((draws >> np.uint64(11)) / 2.0**53 < errors).astype(np.float64)
+                uniform = (draws >> np.uint64(7)) / 2.0**53  # the hash's top 53 of 60 bits
+                drawn = (uniform < errors).astype(np.float64)
                 for codes in key_columns:
                     self._update(
                         self.estimates,
@@ -416,21 +417,21 @@ class Quality:
                         counts,
                         self.prediction_watermark,
                     )
-                    self._test_estimate(spec, codes[kept][rows], drawn, times[kept][rows])
+                self._test_estimate(spec, key_columns[0][kept][rows], drawn, times[kept][rows])
         return matched
 
     def _test_estimate(
         self, spec: ModelSpec, codes: IntArray, drawn: FloatArray, times: FloatArray
     ) -> None:
         """The estimate before labels, tested as the labels are: a Bernoulli CUSUM bank per
-        version and tracked slice on errors drawn with their estimated probabilities."""
+        version on errors drawn with their estimated probabilities. Per version only: a
+        slice value's test would start where the value starts being tracked, which moves
+        with the batch boundaries, and so would its alarms."""
         if self.settings.concept_detector != "cusum":
             return
         run_length = self.settings.false_alarm_budget_labels * (1 + len(spec.slices))
         for key in np.unique(codes).tolist():
             model, version, slice_name = self.keys.names[key]
-            if slice_name.endswith(OTHER):
-                continue
             detector = self.estimate_detectors.get(key)
             counted = (model, version, slice_name, ESTIMATED)
             if detector is None:

@@ -28,6 +28,7 @@ from streamwatch.statistics import FloatArray, IntArray
 
 #: Error-rate increases (in absolute points) the bank is designed for.
 DESIGN_INCREASES = (0.01, 0.02, 0.04, 0.08, 0.16)
+RESOLUTION = 4.0  # the smallest design, in standard errors of the reference
 MAX_DOWN = 40  # lattice steps on a success, at most
 MAX_STATES = 200_000  # a threshold needing more lattice states is refused (ARL ~ 1e30)
 
@@ -164,11 +165,13 @@ class ErrorCusum:
 
     p0: float
     run_length: float
+    smallest: float = 0.0  # designs for smaller increases do not run
     charts: tuple[Chart, ...] = field(init=False)
     state: IntArray = field(init=False)
 
     def __post_init__(self) -> None:
-        self.charts = bank(self.p0, self.run_length)
+        increases = tuple(d for d in DESIGN_INCREASES if d >= self.smallest)
+        self.charts = bank(self.p0, self.run_length, increases or DESIGN_INCREASES[-1:])
         self.state = np.zeros(len(self.charts), dtype=np.int64)
 
     def update(self, errors: FloatArray) -> list[int]:
@@ -204,12 +207,25 @@ class ErrorCusum:
 
 def reference_rate(errors: int, outcomes: int) -> float:
     """The reference error rate from ``errors`` in ``outcomes`` labelled predictions: the
-    estimate plus one standard error. A reference estimated too low would read its own
-    sampling error as an increase and spend the budget on it; one standard error of margin
-    keeps that to the unlucky sixth of references, at the cost of a slower alarm on
-    increases of about a standard error (docs/quality.md)."""
+    estimate plus one standard error (see :func:`reference_bank`)."""
     p = (errors + 1.0) / (outcomes + 2.0)
-    return quantised(p + math.sqrt(p * (1.0 - p) / max(outcomes, 1)))
+    return quantised(p + standard_error(errors, outcomes))
+
+
+def standard_error(errors: int, outcomes: int) -> float:
+    p = (errors + 1.0) / (outcomes + 2.0)
+    return math.sqrt(p * (1.0 - p) / max(outcomes, 1))
+
+
+def reference_bank(errors: int, outcomes: int, run_length: float) -> ErrorCusum:
+    """The bank for a reference of ``errors`` in ``outcomes``. A reference estimated too low
+    reads its own sampling error as an increase and spends the budget on it, and a design
+    close to the reference is the one that suffers. So the rate is the estimate plus one
+    standard error, and only designs at least four standard errors above it run: a chart
+    whose reference value falls under the true rate then takes a reference off by more
+    than five standard errors (docs/quality.md)."""
+    smallest = RESOLUTION * standard_error(errors, outcomes)
+    return ErrorCusum(reference_rate(errors, outcomes), run_length, smallest)
 
 
 @dataclass
@@ -226,7 +242,7 @@ class ConceptCusum:
 
     def __post_init__(self) -> None:
         if self.seen and self.seen >= self.reference_labels:
-            self.cusum = ErrorCusum(reference_rate(self.errors, self.seen), self.run_length)
+            self.cusum = reference_bank(self.errors, self.seen, self.run_length)
 
     def update(self, errors: FloatArray) -> list[int]:
         """Feed 0/1 outcomes (NaN: no outcome, skipped); the positions of the alarms."""
@@ -239,7 +255,7 @@ class ConceptCusum:
             self.errors += int(np.count_nonzero(x[:start]))
             if self.seen < self.reference_labels:
                 return []
-            self.cusum = ErrorCusum(reference_rate(self.errors, self.seen), self.run_length)
+            self.cusum = reference_bank(self.errors, self.seen, self.run_length)
         return [int(rows[start + i]) for i in self.cusum.update(x[start:])]
 
 
@@ -271,7 +287,7 @@ class ExceedanceCusum:
             reference = np.array(self._reference)
             self.cutoff = float(np.quantile(reference, self.level))
             misses = int(np.count_nonzero(reference > self.cutoff))
-            self.cusum = ErrorCusum(reference_rate(misses, len(reference)), self.run_length)
+            self.cusum = reference_bank(misses, len(reference), self.run_length)
             self._reference = []
         assert self.cutoff is not None
         missed = (x[start:] > self.cutoff).astype(np.float64)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from streamwatch.detectors.base import Crossing
-from streamwatch.detectors.bernoulli import ErrorCusum, reference_rate
+from streamwatch.detectors.bernoulli import ErrorCusum, reference_bank
 from streamwatch.statistics import IntArray
 
 MIN_SHARE = 0.01  # reference share under which a category is pooled with "other"
@@ -54,7 +54,7 @@ class CategoryBank:
             column, tested = pooled(counts)
             n = int(tested.sum())
             self._columns.append(column)
-            self._banks.append([ErrorCusum(reference_rate(int(k), n), run_length) for k in tested])
+            self._banks.append([reference_bank(int(k), n, run_length) for k in tested])
 
     @staticmethod
     def units(references: list[IntArray]) -> int:

@@ -189,3 +189,20 @@ def test_regression_errors_that_grow_are_caught() -> None:
     fired = detector.update(grown)
     assert fired
     assert 10 < fired[0] < 1000
+
+
+@pytest.mark.parametrize("p", [0.05, 0.22])
+def test_false_alarms_stay_within_the_budget_when_the_reference_is_a_sample(p: float) -> None:
+    """Each stream's reference is its own first 2,000 labels (the default), at the budget
+    of a version with one slice spec. The margin of one standard error, and designs at
+    least four standard errors above it, keep the false alarms within the budget over the
+    references too: 4 and 0 here, where every design running raised 7 and 7."""
+    rng = np.random.default_rng(21)
+    run_length, streams, n = 2e6, 40, 100_000
+    alarms = 0
+    for _ in range(streams):
+        detector = ConceptCusum(reference_labels=2000, run_length=run_length)
+        errors = (rng.random(n) < p).astype(np.float64)
+        alarms += sum(len(detector.update(errors[i : i + 10_000])) for i in range(0, n, 10_000))
+    expected = streams * (n - 2000) / run_length
+    assert alarms <= expected + 3.1 * math.sqrt(expected)

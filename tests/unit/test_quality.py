@@ -455,8 +455,8 @@ def test_a_profile_with_labels_is_the_reference_of_the_version(reference: str) -
 
 def test_the_estimate_alarms_before_any_label_when_predictions_grow_uncertain() -> None:
     """No labels at all: calibrated scores near 0 and 1 (about 5% wrong), then scores near
-    0.5 for one country (about 35% wrong): the estimate's test fires there, and only
-    there."""
+    0.5 for one country with a fifth of the traffic (about 35% wrong there, 11% in all):
+    the version's estimate test fires."""
     model = {
         "name": "m",
         "task": "binary",
@@ -474,15 +474,17 @@ def test_the_estimate_alarms_before_any_label_when_predictions_grow_uncertain() 
     for start in range(0, n, 1000):
         rows = range(start, start + 1000)
         alarms += q.apply([pred(i, float(scores[i]), str(country[i])) for i in rows], [])
-    estimated = [a for a in alarms if a.detector == "cusum_estimated"]
-    assert {a.slice for a in estimated} <= {"country=IS", "__all__"}
-    iceland = [a.event_time for a in estimated if a.slice == "country=IS"]
-    assert iceland
-    assert min(iceland) > T0 + 10_000  # after the change
-    assert min(iceland) < T0 + 10_000 + 1000  # within 200 of Iceland's predictions
+    estimated = [a.event_time for a in alarms if a.detector == "cusum_estimated"]
+    assert {a.slice for a in alarms} == {"__all__"}  # the estimate is tested per version
+    assert estimated
+    assert T0 + 10_000 < min(estimated) < T0 + 10_000 + 1000  # after the change, soon
     counted = q.snapshot().concept_alarms
-    assert counted[("m", "v1", "country=IS", "cusum_estimated")] == len(iceland)
-    assert counted[("m", "v1", "country=DE", "cusum_estimated")] == 0
+    assert counted[("m", "v1", "__all__", "cusum_estimated")] == len(estimated)
+    # the draws are errors at the estimated rate: the reference (the first 500) is 5% wrong,
+    # plus its margin of a standard error
+    (detector,) = q.estimate_detectors.values()
+    assert detector.cusum is not None
+    assert 0.04 < detector.cusum.p0 < 0.08
 
 
 def test_a_regression_model_whose_errors_grow_raises_a_budgeted_alarm() -> None:
