@@ -24,6 +24,7 @@ from functools import cache
 import numpy as np
 from scipy import linalg
 
+from streamwatch.detectors.calibration import false_position
 from streamwatch.statistics import FloatArray, IntArray
 
 #: Error-rate increases (in absolute points) the bank is designed for.
@@ -112,22 +113,12 @@ def threshold(p: float, up: int, down: int, target: float) -> int:
         if hi > MAX_STATES:
             raise ValueError(f"no Bernoulli CUSUM threshold reaches a run length of {target:g}")
         f_hi = gap(hi)
-    side = 0
-    while hi - lo > 1:  # f(lo) < 0 <= f(hi)
+
+    def inside(lo: int, f_lo: float, hi: int, f_hi: float) -> int:
         mid = lo + round((hi - lo) * -f_lo / (f_hi - f_lo))
-        mid = min(max(mid, lo + 1), hi - 1)
-        f_mid = gap(mid)
-        if f_mid < 0:
-            lo, f_lo = mid, f_mid
-            if side == -1:
-                f_hi /= 2.0  # Illinois: a stale end gets half its weight
-            side = -1
-        else:
-            hi, f_hi = mid, f_mid
-            if side == 1:
-                f_lo /= 2.0
-            side = 1
-    return hi
+        return min(max(mid, lo + 1), hi - 1)
+
+    return false_position(gap, lo, f_lo, hi, f_hi, inside, lambda lo, hi: hi - lo <= 1)
 
 
 def quantised(p: float) -> float:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from functools import cache
+from typing import TypeVar
 
 import numpy as np
 from scipy import special
@@ -29,6 +30,7 @@ HALF_NORMAL_STD = math.sqrt(1.0 - 2.0 / math.pi)
 STATES = 400  # Markov-chain states; the ARL is accurate to well under 1% at this size
 
 Cdf = Callable[[FloatArray], FloatArray]
+T = TypeVar("T", int, float)
 
 
 def increment_cdf(chart: str, k: float) -> Cdf:
@@ -80,22 +82,42 @@ def threshold(chart: str, k: float, target_arl: float) -> float:
         if nxt > 1e4:
             raise ValueError(f"no threshold reaches an ARL of {target_arl:g}")
         lo, f_lo, hi, f_hi = hi, f_hi, nxt, gap(nxt)
-    side = 0
-    while hi - lo > 1e-7 * hi:
+
+    def inside(lo: float, f_lo: float, hi: float, f_hi: float) -> float:
         mid = hi - f_hi * (hi - lo) / (f_hi - f_lo)
-        mid = min(max(mid, lo + 1e-8 * hi), hi - 1e-8 * hi)  # strictly inside the bracket
+        return min(max(mid, lo + 1e-8 * hi), hi - 1e-8 * hi)  # strictly inside the bracket
+
+    hi = false_position(gap, lo, f_lo, hi, f_hi, inside, lambda lo, hi: hi - lo <= 1e-7 * hi)
+    return _as_bisection(hi)
+
+
+def false_position(
+    gap: Callable[[T], float],
+    lo: T,
+    f_lo: float,
+    hi: T,
+    f_hi: float,
+    inside: Callable[[T, float, T, float], T],
+    narrow: Callable[[T, T], bool],
+) -> T:
+    """The upper end of a bracket ``gap(lo) < 0 <= gap(hi)`` narrowed by false position
+    (the Illinois variant: an end that stays put twice gets half its weight) until
+    ``narrow``; ``inside`` picks the next point from the ends and their gaps."""
+    side = 0
+    while not narrow(lo, hi):
+        mid = inside(lo, f_lo, hi, f_hi)
         f_mid = gap(mid)
         if f_mid < 0:
             lo, f_lo = mid, f_mid
             if side == -1:
-                f_hi /= 2.0  # Illinois: a stale end gets half its weight
+                f_hi /= 2.0
             side = -1
         else:
             hi, f_hi = mid, f_mid
             if side == 1:
                 f_lo /= 2.0
             side = 1
-    return _as_bisection(hi)
+    return hi
 
 
 def _as_bisection(root: float) -> float:
