@@ -11,7 +11,7 @@ version that is still sending is never retired.
 
 from __future__ import annotations
 
-VersionKey = tuple[str, str]  # (model, model_version)
+from streamwatch.records import VersionKey
 
 
 class Activity:

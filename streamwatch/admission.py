@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from streamwatch.config import Settings
-from streamwatch.decode import Prediction
+from streamwatch.records import Prediction
 from streamwatch.slices import OTHER, HeavyHitters
 
 #: Rejection reasons decided here (beside :data:`streamwatch.decode.REASONS`).

@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import orjson
 
+from streamwatch.coding import signals_of
 from streamwatch.config import ContractSettings, ModelSpec, Settings
 from streamwatch.decode import flat_row, is_positive
 from streamwatch.errors import ConfigError, ConfigProblem, StreamwatchError
-from streamwatch.monitor import signals_of
 from streamwatch.progress import Progress
 from streamwatch.reference import Lineage, Profile, build_profile, calibration_map
 

@@ -35,7 +35,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[attr-defined]
 
-from streamwatch.decode import HeaderValue, Rejection
+from streamwatch.records import HeaderValue, Rejection
 
 log = logging.getLogger(__name__)
 

@@ -8,10 +8,9 @@ topic and counts.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
@@ -21,6 +20,12 @@ from streamwatch.config import (
     ModelSpec,
     PredictionFields,
     Settings,
+)
+from streamwatch.records import (
+    Headers,
+    Label,
+    Prediction,
+    Rejection,
 )
 
 #: Every reason a message can be rejected for (the ``reason`` label of
@@ -42,69 +47,10 @@ REASONS = (
     "too_many_fields",  # features, attributes or class scores past contract.max_fields
 )
 
-HeaderValue = str | bytes | None
-Headers = Sequence[tuple[str, HeaderValue]] | None
-#: What a Kafka client may hand over as headers (confluent-kafka's HeadersType).
-AnyHeaders = dict[str, HeaderValue] | list[tuple[str, HeaderValue]] | None
-
-
-class RawMessage(Protocol):
-    """What decoding needs of a message: the accessors of ``confluent_kafka.Message``."""
-
-    def topic(self) -> str | None: ...
-    def partition(self) -> int | None: ...
-    def offset(self) -> int | None: ...
-    def key(self) -> bytes | None: ...
-    def value(self) -> bytes | None: ...
-    def headers(self) -> AnyHeaders: ...
-
-
 _MISSING: Any = object()
 _NUMERIC = frozenset({int, float, type(None)})
 _CATEGORICAL = frozenset({str, int, bool, type(None)})
 _SCALAR = frozenset({str, int, float, bool, type(None)})
-
-
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    """A message that broke the contract, with where it came from and why."""
-
-    topic: str
-    partition: int
-    offset: int
-    reason: str
-    detail: str
-    value: bytes | None
-    key: bytes | None
-    headers: Headers
-    # Where known: the model version and feature a type error belongs to (data quality).
-    model: str | None = None
-    model_version: str | None = None
-    feature: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Prediction:
-    prediction_id: str
-    model: str
-    model_version: str
-    timestamp: float  # event time, seconds since the epoch
-    features: dict[str, Any]
-    prediction: float | str  # probability (binary), class (multiclass) or value (regression)
-    scores: dict[str, float] | None
-    predicted_label: str | None
-    attributes: dict[str, str]
-    partition: int
-    offset: int
-
-
-@dataclass(frozen=True, slots=True)
-class Label:
-    prediction_id: str
-    label: float | str
-    timestamp: float
-    partition: int
-    offset: int
 
 
 def is_positive(label: Any, positive_labels: Collection[str]) -> bool:

@@ -21,7 +21,8 @@ from confluent_kafka.cimpl import NewTopic
 from streamwatch.app import App
 from streamwatch.config import Settings
 from streamwatch.progress import Progress
-from streamwatch.simulation import START_SECONDS, Record, Scenario
+from streamwatch.records import Record
+from streamwatch.simulation import START_SECONDS, Scenario
 
 
 @dataclass(frozen=True)

@@ -129,7 +129,11 @@ class PendingPredictions:
     def expire(self, before: float) -> IntArray:
         """Drop every prediction older than ``before``; return their slots (valid until the
         next add)."""
-        old = np.flatnonzero(self.timestamps < before)
+        return self.remove(np.flatnonzero(self.timestamps < before))
+
+    def remove(self, old: IntArray) -> IntArray:
+        """Drop the predictions in these (occupied) slots; return them (valid until the next
+        add)."""
         for key in self.hashes[old].tolist():
             del self.slots[key]
         self._release(old)

@@ -15,7 +15,8 @@ earlier one (a watermark, as in Flink and Kafka Streams)::
 
 A record leaves when its event time is below its topic's threshold. A partition is *idle*
 when it has nothing left to read, is not paused, and has sent nothing for
-``event_time.idle_seconds`` of wall clock; an idle partition holds nobody back. A partition
+``event_time.idle_seconds`` of wall clock (in stage 2 of repartition: when the stage that reads
+it reports it idle, as its reports can come late); an idle partition holds nobody back. A partition
 assigned but not heard from yet holds the others back until it is idle, so that a backlog's
 first fetch (one partition) does not run ahead of the rest.
 
@@ -36,7 +37,7 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from streamwatch.decode import Label, Prediction
+from streamwatch.records import Label, Prediction
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +152,10 @@ class EventOrder:
             for key, state in self.partitions.items():
                 if key[0] != topic:
                     continue
+                # stage 2 of repartition: idle only as reported (a report can come late)
                 idle = state.idle or (
-                    lags.get(key, 0) <= 0
+                    self.newest_from_records
+                    and lags.get(key, 0) <= 0
                     and key not in held
                     and now - state.heard >= self.idle_seconds
                 )

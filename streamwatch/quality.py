@@ -24,19 +24,28 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from river import drift
 
 from streamwatch.activity import Activity
+from streamwatch.concept import ConceptTests
 from streamwatch.config import ModelSpec, QualitySettings, Settings, WindowSpec
-from streamwatch.decode import Label, Prediction, is_positive
-from streamwatch.detectors.bernoulli import ConceptCusum, ExceedanceCusum
+from streamwatch.decode import is_positive
+from streamwatch.estimate import (
+    MAX_CLASSES,
+    Estimator,
+    prefixed,
+    probability_columns,
+    stacked,
+    unprefixed,
+)
 from streamwatch.join import EarlyLabels, PendingPredictions, id_hash
+from streamwatch.keys import Keys
 from streamwatch.ordering import order_key
+from streamwatch.records import ConceptAlarm, Label, Prediction, SegmentKey
 from streamwatch.reference import Profile
 from streamwatch.scores import (
     Counts,
@@ -55,22 +64,11 @@ from streamwatch.slices import ALL, OTHER, Slicer
 from streamwatch.statistics import FloatArray, IntArray
 from streamwatch.windows import CountWindow, TimeWindow, TumblingWindow
 
-MAX_CLASSES = 100  # multiclass: classes tracked per model; the rest share the last code
-SliceKey = tuple[str, str, str]  # (model, model_version, slice)
-ESTIMATED = "cusum_estimated"  # the detector label of the estimate's test
+SliceKey = SegmentKey
 Window = CountWindow | TimeWindow | TumblingWindow
 Windows = list[Window]
 # joined pairs of one partition and model: their prediction's columns, times, labels
 Matched = tuple[dict[str, Any], FloatArray, list[Label]]
-
-
-@dataclass(frozen=True)
-class ConceptAlarm:
-    model: str
-    model_version: str
-    slice: str
-    detector: str
-    event_time: float
 
 
 @dataclass
@@ -119,75 +117,6 @@ def _window_total(windows: list[Window]) -> Counts:
     return total
 
 
-def _river(name: str) -> Any:
-    factories: dict[str, Callable[[], Any]] = {
-        "ddm": drift.binary.DDM,
-        "eddm": drift.binary.EDDM,
-        "hddm_a": drift.binary.HDDMA,
-        "hddm_w": drift.binary.HDDMW,
-        "adwin": drift.ADWIN,
-        "page_hinkley": drift.PageHinkley,
-    }
-    return factories[name]()
-
-
-class Keys:
-    """Interned (model, version, slice) keys: pending predictions store small integers.
-
-    A retired code stays reserved while pending predictions may still carry it:
-    :meth:`resolve` sends them to the key that now stands for them (``NAME:__other__`` for a
-    slice value no longer tracked; a fresh code for a version that comes back). Once no
-    pending prediction carries it (:meth:`sweep`), the code is free for a new key, so churn
-    of versions and slice values does not grow the table for ever."""
-
-    def __init__(self) -> None:
-        self.codes: dict[SliceKey, int] = {}
-        self.names: list[SliceKey] = []
-        self.retired: dict[int, SliceKey] = {}  # code -> the key its events now count under
-        self._free: list[int] = []
-        self._swept = 0  # retired codes left by the last sweep
-
-    def code(self, key: SliceKey) -> int:
-        code = self.codes.get(key)
-        if code is None:
-            if self._free:
-                code = self._free.pop()
-                self.names[code] = key
-            else:
-                code = len(self.names)
-                self.names.append(key)
-            self.codes[key] = code
-        return code
-
-    def retire(self, code: int, successor: SliceKey) -> None:
-        self.codes.pop(self.names[code], None)
-        self.retired[code] = successor
-
-    def resolve(self, codes: IntArray) -> IntArray:
-        if not self.retired:
-            return codes
-        out = codes.copy()
-        for code in np.unique(codes).tolist():
-            successor = self.retired.get(code)
-            if successor is not None:
-                out[codes == code] = self.code(successor)
-        return out
-
-    def wants_sweep(self) -> bool:
-        """Enough codes retired since the last sweep to pay for a scan of the pending
-        predictions (the threshold doubles with what a sweep leaves: amortised)."""
-        return len(self.retired) >= 2 * self._swept + 256
-
-    def sweep(self, referenced: set[int]) -> int:
-        """Free the retired codes no pending prediction carries; return how many."""
-        freed = [code for code in self.retired if code not in referenced]
-        for code in freed:
-            del self.retired[code]
-            self._free.append(code)
-        self._swept = len(self.retired)
-        return len(freed)
-
-
 @dataclass
 class PartitionQuality:
     """One partition's join state."""
@@ -223,13 +152,12 @@ class Quality:
             m.name: {c: j for j, c in enumerate(m.classes)} for m in settings.models
         }
         self.keys = Keys()
+        self.estimator = Estimator(self.settings, self.specs, self.profiles)
         self.partitions: dict[int, PartitionQuality] = {}
         # by key code: windows of labelled pairs, of estimates, and the concept detectors
         self.windows: dict[int, Windows] = {}
         self.estimates: dict[int, Windows] = {}
-        self.detectors: dict[int, Any] = {}
-        self.estimate_detectors: dict[int, ConceptCusum] = {}  # on the estimated errors
-        self._estimate_alarms: list[ConceptAlarm] = []
+        self.concept = ConceptTests(self.settings, self.profiles)  # the quality alarms
         self.prediction_watermark = float("-inf")  # closes tumbling windows
         self.totals: dict[int, Counts] = {}
         self.expired: dict[tuple[str, str], int] = defaultdict(int)
@@ -237,8 +165,6 @@ class Quality:
         self.unmatched_labels = 0
         self.duplicate_labels = 0
         self.duplicate_predictions: dict[str, int] = defaultdict(int)
-        self.concept_alarms: dict[tuple[str, str, str, str], int] = defaultdict(int)
-        self.concept_last_alarm: dict[tuple[str, str, str, str], float] = {}
         # One clock for the drift and the quality side (given: the pipeline retires idle
         # versions from both at once); without one, this side retires on its own.
         self.owns_activity = activity is None
@@ -255,20 +181,17 @@ class Quality:
                 self.slicers[name] = Slicer(spec.slices)
                 self.classes[name] = {c: j for j, c in enumerate(spec.classes)}
             self.keys = Keys()
-            tables = (self.partitions, self.windows, self.estimates, self.detectors)
-            for table in (*tables, self.estimate_detectors):
+            for table in (self.partitions, self.windows, self.estimates):
                 table.clear()
+            self.concept.reset()
             self.totals.clear()
             self.prediction_watermark = float("-inf")
             self.expired.clear()
             self.joined.clear()
             self.unmatched_labels = self.duplicate_labels = self.evicted_labels = 0
             self.duplicate_predictions.clear()
-            self.concept_alarms.clear()
-            self.concept_last_alarm.clear()
             self.activity.clear()
             self._delays = []
-            self._estimate_alarms = []
 
     # -- partition ownership ------------------------------------------------------------
     def assign(self, partitions: Iterable[int]) -> None:
@@ -310,8 +233,7 @@ class Quality:
                 state = self._partition(partition)
                 self._join(state, held.get(partition, []) + labels_of.get(partition, []), matches)
                 self._expire(state)
-            alarms = self._estimate_alarms + self._score_in_order(matches)
-            self._estimate_alarms = []
+            alarms = self.concept.take_estimate_alarms() + self._score_in_order(matches)
             self._release_idle()
             self._enforce_hold_budget()
             self._retire_idle_versions()
@@ -366,7 +288,7 @@ class Quality:
                 columns["value"] = np.array(
                     [self._class(name, str(p.prediction)) for p in group], dtype=np.float32
                 )
-                columns |= _probability_columns(spec, group)
+                columns |= probability_columns(spec, group)
             else:
                 columns["value"] = np.array([float(p.prediction) for p in group])
             times = np.array([p.timestamp for p in group])
@@ -401,7 +323,7 @@ class Quality:
             kept = np.flatnonzero(added)
             if not len(kept):
                 continue
-            estimate = self._estimator(name, [versions[i] for i in kept.tolist()], columns, kept)
+            estimate = self.estimator.of(name, [versions[i] for i in kept.tolist()], columns, kept)
             if estimate is not None:
                 rows, counts, errors = estimate
                 draws = np.array([keys[i] for i in kept[rows].tolist()], dtype=np.uint64)
@@ -417,79 +339,10 @@ class Quality:
                         counts,
                         self.prediction_watermark,
                     )
-                self._test_estimate(spec, key_columns[0][kept][rows], drawn, times[kept][rows])
+                self.concept.on_estimate(
+                    spec, key_columns[0][kept][rows], self.keys.names, drawn, times[kept][rows]
+                )
         return matched
-
-    def _test_estimate(
-        self, spec: ModelSpec, codes: IntArray, drawn: FloatArray, times: FloatArray
-    ) -> None:
-        """The estimate before labels, tested as the labels are: a Bernoulli CUSUM bank per
-        version on errors drawn with their estimated probabilities. Per version only: a
-        slice value's test would start where the value starts being tracked, which moves
-        with the batch boundaries, and so would its alarms."""
-        if self.settings.concept_detector != "cusum":
-            return
-        run_length = self.settings.false_alarm_budget_labels * (1 + len(spec.slices))
-        for key in np.unique(codes).tolist():
-            model, version, slice_name = self.keys.names[key]
-            detector = self.estimate_detectors.get(key)
-            counted = (model, version, slice_name, ESTIMATED)
-            if detector is None:
-                detector = self.estimate_detectors[key] = ConceptCusum(
-                    self.settings.reference_labels, run_length
-                )
-                self.concept_alarms.setdefault(counted, 0)
-            rows = np.flatnonzero(codes == key)
-            for t in times[rows[detector.update(drawn[rows])]].tolist():
-                self.concept_alarms[counted] += 1
-                self.concept_last_alarm[counted] = max(self.concept_last_alarm.get(counted, t), t)
-                self._estimate_alarms.append(ConceptAlarm(model, version, slice_name, ESTIMATED, t))
-
-    def _estimator(
-        self, name: str, versions: list[str], columns: dict[str, Any], kept: IntArray
-    ) -> tuple[IntArray, Callable[[IntArray], Counts], FloatArray] | None:
-        """The stored predictions' expected counts (CBPE): which of the ``kept`` rows have
-        an estimate, a function from row numbers among those to their counts, and their
-        probabilities of being wrong."""
-        spec = self.specs[name]
-        if spec.task == "binary":
-            scores = columns["value"][kept].astype(np.float64)
-            calibrated = self._calibrated(name, versions, scores)
-            threshold = self.settings.threshold
-
-            def binary(rows: IntArray) -> Counts:
-                return estimated_counts(scores[rows], calibrated[rows], threshold)
-
-            wrong = np.where(scores >= threshold, 1.0 - calibrated, calibrated)
-            return np.arange(len(kept)), binary, np.nan_to_num(wrong, nan=0.0)
-        probabilities = _stacked(columns, len(spec.classes), kept)  # multiclass with classes
-        if probabilities is not None:
-            scored = np.flatnonzero(~np.isnan(probabilities[:, 0]))
-            predicted = columns["value"][kept][scored].astype(np.int64)
-            probabilities = probabilities[scored]
-
-            def multiclass(rows: IntArray) -> Counts:
-                return estimated_multiclass_counts(
-                    probabilities[rows], predicted[rows], MAX_CLASSES
-                )
-
-            # the predicted class's probability (the top one for a class not declared)
-            declared = predicted < probabilities.shape[1]
-            top = probabilities.max(axis=1)
-            top[declared] = probabilities[np.flatnonzero(declared), predicted[declared]]
-            return scored, multiclass, np.clip(1.0 - top, 0.0, 1.0)
-        return None
-
-    def _calibrated(self, model: str, versions: list[str], scores: FloatArray) -> FloatArray:
-        """Scores through each version's calibration map from its labelled reference, or
-        as they are (taken as calibrated probabilities) without one."""
-        out = scores.astype(np.float64)
-        for version in set(versions):
-            profile = self.profiles.get((model, version))
-            if profile is not None and profile.calibration is not None:
-                rows = np.array([v == version for v in versions])
-                out[rows] = profile.calibrate(out[rows])
-        return out
 
     def _codes(self, model: str, versions: list[str], slices: list[str]) -> IntArray:
         """Key codes of (model, version, slice) per event, one dict lookup per distinct pair."""
@@ -602,10 +455,10 @@ class Quality:
             # the estimator the live estimate uses (calibrated by the version's profile),
             # so that streamwatch_estimated_score_error measures the exported estimate
             versions = [self.keys.names[int(k)][1] for k in keys[0].tolist()]
-            calibrated = self._calibrated(name, versions, scores)
+            calibrated = self.estimator.calibrated(name, versions, scores)
 
             def counts(rows: IntArray) -> Counts:
-                return binary_counts(scores[rows], positive[rows], threshold) + _prefixed(
+                return binary_counts(scores[rows], positive[rows], threshold) + prefixed(
                     estimated_counts(scores[rows], calibrated[rows], threshold)
                 )
         elif spec.task == "regression":
@@ -619,7 +472,7 @@ class Quality:
             predicted = columns["value"].astype(np.int64)
             actual_cls = np.array([self._class(name, _class_name(v)) for v in labels])
             errors = (predicted != actual_cls).astype(np.float64)
-            probabilities = _stacked(columns, len(spec.classes), np.arange(len(found)))
+            probabilities = stacked(columns, len(spec.classes), np.arange(len(found)))
 
             def counts(rows: IntArray) -> Counts:
                 out = multiclass_counts(predicted[rows], actual_cls[rows], MAX_CLASSES)
@@ -629,7 +482,7 @@ class Quality:
                 if len(scored):
                     p, k, a = probabilities[scored], predicted[scored], actual_cls[scored]
                     out = out + multiclass_probability_counts(p, k, a)
-                    out = out + _prefixed(estimated_multiclass_counts(p, k, MAX_CLASSES))
+                    out = out + prefixed(estimated_multiclass_counts(p, k, MAX_CLASSES))
                 return out
 
         alarms = []
@@ -637,65 +490,11 @@ class Quality:
             updated = self._update(self.windows, column, times, counts, self.prediction_watermark)
             for key, (rows, whole) in updated.items():
                 self.totals[key] = self.totals.get(key, Counts()) + whole
-                alarms += self._concept(key, errors[rows], label_times[rows], spec)
+                segment = self.keys.names[key]
+                alarms += self.concept.on_labels(
+                    key, segment, errors[rows], label_times[rows], spec
+                )
         return alarms
-
-    def _concept(
-        self,
-        key: int,
-        errors: FloatArray,
-        times: FloatArray,
-        spec: ModelSpec,
-    ) -> list[ConceptAlarm]:
-        model, version, slice_name = self.keys.names[key]
-        if slice_name.endswith(OTHER):
-            return []  # an overflow bucket mixes many segments: no concept detector
-        name = (
-            self.settings.regression_detector
-            if spec.task == "regression"
-            else self.settings.concept_detector
-        )
-        detector = self.detectors.get(key)
-        if detector is None:
-            detector = self.detectors[key] = self._detector(name, spec, version, slice_name)
-            # the counter exists at 0 from the start, so that increase() sees the first alarm
-            self.concept_alarms.setdefault((model, version, slice_name, name), 0)
-        counted = (model, version, slice_name, name)
-        if isinstance(detector, ConceptCusum | ExceedanceCusum):
-            rows = detector.update(errors)
-            for t in times[rows].tolist():
-                self.concept_alarms[counted] += 1
-                self.concept_last_alarm[counted] = max(self.concept_last_alarm.get(counted, t), t)
-            return [ConceptAlarm(model, version, slice_name, name, t) for t in times[rows].tolist()]
-        alarms = []
-        for error, t in zip(errors.tolist(), times.tolist(), strict=True):
-            if np.isnan(error):
-                continue
-            detector.update(error if spec.task == "regression" else bool(error))
-            if detector.drift_detected:
-                self.concept_alarms[counted] += 1
-                self.concept_last_alarm[counted] = max(self.concept_last_alarm.get(counted, t), t)
-                alarms.append(ConceptAlarm(model, version, slice_name, name, t))
-        return alarms
-
-    def _detector(self, name: str, spec: ModelSpec, version: str, slice_name: str) -> Any:
-        """A new concept detector. The Bernoulli CUSUM's budget is the version's, split
-        evenly over the version and its slice specs: the tracked values of one slice spec
-        split its labels between them, so together they false-alarm at one stream's rate.
-        Its reference is the version's profile's labelled data when that holds at least
-        ``reference_labels`` labels (not for a slice: slices differ by nature), otherwise
-        the stream's own first labels."""
-        if name != "cusum":
-            return _river(name)
-        run_length = self.settings.false_alarm_budget_labels * (1 + len(spec.slices))
-        if spec.task == "regression":
-            return ExceedanceCusum(self.settings.reference_labels, run_length)
-        profile = self.profiles.get((spec.name, version))
-        if slice_name == ALL and profile is not None and profile.errors is not None:
-            errors, labelled = profile.errors
-            if labelled >= self.settings.reference_labels:
-                return ConceptCusum(labelled, run_length, labelled, errors)
-        return ConceptCusum(self.settings.reference_labels, run_length)
 
     def _expire(self, state: PartitionQuality) -> None:
         for _name, store in state.pending.items():
@@ -766,16 +565,11 @@ class Quality:
                 self._forget(code, (model, key[1], other))
 
     def _forget(self, code: int, successor: SliceKey) -> None:
-        model, version, slice_name = self.keys.names[code]
+        self.concept.forget(code, self.keys.names[code])
         self.keys.retire(code, successor)
         self.windows.pop(code, None)
         self.estimates.pop(code, None)
-        self.detectors.pop(code, None)
-        self.estimate_detectors.pop(code, None)
         self.totals.pop(code, None)
-        for alarm in [a for a in self.concept_alarms if a[:3] == (model, version, slice_name)]:
-            del self.concept_alarms[alarm]
-            self.concept_last_alarm.pop(alarm, None)
 
     def take_label_delays(self) -> list[tuple[str, float]]:
         """(model, label time - prediction time) of the pairs joined since the last call."""
@@ -810,8 +604,8 @@ class Quality:
                     for n, spec in self.specs.items()
                     for i, s in enumerate(spec.slices)
                 },
-                concept_alarms=dict(self.concept_alarms),
-                concept_last_alarm=dict(self.concept_last_alarm),
+                concept_alarms=dict(self.concept.alarms),
+                concept_last_alarm=dict(self.concept.last_alarm),
             )
             # window totals under the lock (counts are replaced, never changed in place);
             # the scores from them outside it, so a scrape and a batch do not wait long
@@ -846,7 +640,7 @@ class Quality:
                 snap.scores += [
                     (*key, n, spec.name, v) for n, v in realized.items() if np.isfinite(v)
                 ]
-                labelled_estimate = _unprefixed(total)
+                labelled_estimate = unprefixed(total)
                 if labelled_estimate.events >= minimum:
                     on_labelled = _estimated_scores(task, labelled_estimate)
                     snap.estimate_error += [
@@ -879,38 +673,6 @@ def _by_code(classes: dict[str, int]) -> list[str]:
 
 def _estimated_scores(task: str, counts: Counts) -> dict[str, float]:
     return estimated_scores(counts) if task == "binary" else multiclass_scores(counts)
-
-
-def _prefixed(counts: Counts) -> Counts:
-    """The estimate's counts on labelled events, carried beside the realized counts."""
-    arrays = {f"est_{k}": v for k, v in counts.arrays.items()}
-    arrays["est_events"] = np.array([float(counts.events)])
-    return Counts(0, arrays)
-
-
-def _unprefixed(counts: Counts) -> Counts:
-    return Counts(
-        int(counts.get("est_events")[0]),
-        {k.removeprefix("est_"): v for k, v in counts.arrays.items() if k.startswith("est_")},
-    )
-
-
-def _probability_columns(spec: ModelSpec, group: list[Prediction]) -> dict[str, Any]:
-    """The pending store's columns ``p0``, ``p1``, ...: per declared class, each prediction's
-    probability (NaN without scores; a class its scores leave out has probability 0)."""
-    if not spec.classes:
-        return {}
-    missing = [np.nan] * len(spec.classes)
-    rows = [[p.scores.get(c, 0.0) for c in spec.classes] if p.scores else missing for p in group]
-    matrix = np.array(rows, dtype=np.float32).reshape(len(group), len(spec.classes))
-    return {f"p{j}": matrix[:, j] for j in range(len(spec.classes))}
-
-
-def _stacked(columns: Mapping[str, Any], classes: int, rows: IntArray) -> FloatArray | None:
-    """The rows' class probabilities (rows x classes) from ``p0``, ``p1``, ... columns."""
-    if not classes:
-        return None
-    return np.column_stack([columns[f"p{j}"][rows] for j in range(classes)]).astype(np.float64)
 
 
 def _class_name(label: float | str) -> str:

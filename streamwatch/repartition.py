@@ -24,7 +24,9 @@ its whole count and ``increase()`` does not see the rebuild as new alarms.
 
 from __future__ import annotations
 
+import base64
 import logging
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -32,21 +34,30 @@ from typing import Any
 
 import numpy as np
 import orjson
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from streamwatch.config import Settings
-from streamwatch.decode import Label, Prediction, RawMessage
 from streamwatch.errors import KafkaSetupError
 from streamwatch.join import EarlyLabels, PendingPredictions, id_hash
+from streamwatch.records import Label, Prediction, RawMessage, Record
 
 log = logging.getLogger(__name__)
 
 SOURCE_HEADER = "streamwatch-source"  # "topic/partition/offset" of the message forwarded
 MARKER_HEADER = "streamwatch-progress"  # a source partition's progress, not a record
 Key = tuple[str, int]
-Forwarded = tuple[int, bytes | None, bytes | None, Any]  # (partition, key, value, headers)
+# (partition, key, value, headers, topic)
+Forwarded = tuple[int, bytes | None, bytes | None, Any, str]
 
 
 def route_of(model: str, version: str, partitions: int) -> int:
@@ -58,8 +69,18 @@ def engine_topic(settings: Settings) -> str:
     return settings.engine.topic or f"{settings.kafka.group_id}-engine"
 
 
+def changelog_topic(settings: Settings) -> str:
+    """Stage 1's state (:class:`Router`), compacted, one partition per source partition."""
+    return f"{engine_topic(settings)}-routes"
+
+
 class Router:
-    """Stage 1's routing: where each admitted record goes, and what it holds back."""
+    """Stage 1's routing: where each admitted record goes, and what it holds back.
+
+    Its state (the route of each pending prediction, the labels held for their
+    prediction) is kept per source partition, and every change to it is also written to a
+    compacted changelog (:meth:`take_changes`, :meth:`restore`): a partition's next owner
+    restores it there, as Kafka Streams restores a state store."""
 
     def __init__(self, settings: Settings, partitions: int, labels_topic: str) -> None:
         self.partitions = partitions
@@ -69,13 +90,14 @@ class Router:
         self.hold_budget = settings.labels.early_hold_max_labels
         self.hold_idle = settings.labels.early_hold_idle_seconds
         self._moved: dict[int, float] = {}  # wall clock: a partition's predictions last moved
-        self.routes = PendingPredictions({"route": np.int16})
+        self.routes = PendingPredictions({"route": np.int16, "source": np.int16})
         # per labels partition: the labels held (their times), and its predictions' newest
         # event time: a held label waits for its own partition's predictions
         self.early: dict[int, EarlyLabels] = {}
         self.prediction_watermarks: dict[int, float] = {}
         self._held: dict[int, tuple[RawMessage, int, int]] = {}  # id hash -> (message, p, o)
         self.label_watermark = float("-inf")
+        self._changes: list[Change] = []
 
     @property
     def holding(self) -> int:
@@ -92,6 +114,7 @@ class Router:
         """The (internal partition, message) pairs to send for one decoded batch."""
         now = time.monotonic() if now is None else now
         out: list[tuple[int, RawMessage]] = []
+        changes = self._changes
         if predictions:
             of_version: dict[tuple[str, str], int] = {}  # hashed once per version and batch
             for p in predictions:
@@ -101,18 +124,26 @@ class Router:
             routes = np.array(
                 [of_version[(p.model, p.model_version)] for p in predictions], dtype=np.int16
             )
+            sources = np.array([p.partition for p in predictions], dtype=np.int16)
             keys = [id_hash(p.prediction_id) for p in predictions]
             times = np.array([p.timestamp for p in predictions])
-            self.routes.add_many(keys, times, {"route": routes})
+            added = self.routes.add_many(keys, times, {"route": routes, "source": sources})
             marks = self.prediction_watermarks
-            for p, r, key in zip(predictions, routes.tolist(), keys, strict=True):
+            for p, r, key, new in zip(
+                predictions, routes.tolist(), keys, added.tolist(), strict=True
+            ):
                 if p.timestamp > marks.get(p.partition, float("-inf")):
                     marks[p.partition] = p.timestamp
                     self._moved[p.partition] = now
+                if new:
+                    changes.append(
+                        (p.partition, _key(ROUTE, key), ROUTE_VALUE.pack(r, p.timestamp))
+                    )
                 out.append((r, raw[(predictions_topic, p.partition, p.offset)]))
                 held = self._held.pop(key, None)
                 if held is not None:  # its label came first: it follows its prediction now
                     self.early[held[1]].pop(key)
+                    changes.append((held[1], _key(HELD, key), None))
                     out.append((r, held[0]))
         if labels:
             keys = [id_hash(lb.prediction_id) for lb in labels]
@@ -123,20 +154,33 @@ class Router:
             for lb, key, known in zip(labels, keys, found.tolist(), strict=True):
                 message = raw[(self.labels_topic, lb.partition, lb.offset)]
                 if known:
+                    changes.append((lb.partition, _key(ROUTE, key), None))
                     out.append((next(it), message))
                 elif key in self._held:  # a second label while the first waits: unmatched
                     out.append((key % self.partitions, message))
                 else:
-                    self._moved.setdefault(lb.partition, now)
-                    self._held[key] = (message, lb.partition, lb.offset)
-                    self.early.setdefault(lb.partition, EarlyLabels()).hold(key, 0.0, lb.timestamp)
+                    self._hold(key, message, lb.partition, lb.offset, lb.timestamp, now)
+                    changes.append(
+                        (lb.partition, _key(HELD, key), _held_value(message, lb.timestamp))
+                    )
         out += self.release(now)
         return out
+
+    def _hold(
+        self, key: int, message: RawMessage, partition: int, offset: int, at: float, now: float
+    ) -> None:
+        self._moved.setdefault(partition, now)
+        self._held[key] = (message, partition, offset)
+        self.early.setdefault(partition, EarlyLabels()).hold(key, 0.0, at)
 
     def release(self, now: float) -> list[tuple[int, RawMessage]]:
         """Held labels past the early hold (or over its budget) go on to a partition chosen
         by their id, where the join counts them unmatched; routes past the TTL go."""
-        self.routes.expire(self.label_watermark - self.ttl)
+        expired = self.routes.expire(self.label_watermark - self.ttl)
+        if len(expired):
+            sources = self.routes.columns["source"][expired].tolist()
+            for key, source in zip(self.routes.hashes[expired].tolist(), sources, strict=True):
+                self._changes.append((source, _key(ROUTE, key), None))
         if not self._held:
             return []
         before = set(self._held)
@@ -151,7 +195,9 @@ class Router:
         kept = {k for early in self.early.values() for k in early.labels}
         out = []
         for key in before - kept:
-            out.append((key % self.partitions, self._held.pop(key)[0]))
+            message, partition, _ = self._held.pop(key)
+            self._changes.append((partition, _key(HELD, key), None))
+            out.append((key % self.partitions, message))
         return out
 
     def earliest_held(self) -> dict[int, float]:
@@ -163,22 +209,90 @@ class Router:
             out[partition] = min(out.get(partition, t), t)
         return out
 
-    def next_offsets(self, consumed: Mapping[Key, int]) -> dict[Key, int]:
-        """Offsets a commit may go up to: never past a label still held here."""
-        out = dict(consumed)
-        for _, partition, offset in self._held.values():
-            key = (self.labels_topic, partition)
-            if key in out:
-                out[key] = min(out[key], offset)
-        return out
+    def take_changes(self) -> list[Change]:
+        """The changes to the state since the last call: (source partition, changelog key,
+        value or None to delete), for the changelog, in order."""
+        changes, self._changes = self._changes, []
+        return changes
 
-    def revoke(self, labels_partitions: Iterable[int]) -> None:
-        """Held labels of revoked partitions go (their next owner reads them again)."""
-        gone = set(labels_partitions)
+    def restore(self, partition: int, entries: Mapping[bytes, bytes], now: float) -> None:
+        """A source partition's state as its changelog holds it (the live entries)."""
+        keys: list[int] = []
+        times: list[float] = []
+        routes: list[int] = []
+        for k, value in entries.items():
+            kind, key = k[:1], int.from_bytes(k[1:], "big")
+            if kind == ROUTE:
+                route, at = ROUTE_VALUE.unpack(value)
+                keys.append(key)
+                routes.append(route)
+                times.append(at)
+            elif kind == HELD:
+                held = orjson.loads(value)
+                message = Record(
+                    self.labels_topic,
+                    _bytes(held["value"]),
+                    _bytes(held["key"]),
+                    partition,
+                    int(held["offset"]),
+                    [(k, _bytes(v)) for k, v in held["headers"]],
+                )
+                self._hold(key, message, partition, int(held["offset"]), float(held["time"]), now)
+        if keys:
+            self.routes.add_many(
+                keys,
+                np.array(times),
+                {
+                    "route": np.array(routes, dtype=np.int16),
+                    "source": np.full(len(keys), partition, dtype=np.int16),
+                },
+            )
+
+    def revoke(self, partitions: Iterable[int]) -> None:
+        """Forget the state of revoked source partitions (their next owner restores it from
+        the changelog)."""
+        gone = set(partitions)
         for key in [k for k, held in self._held.items() if held[1] in gone]:
             self._held.pop(key)
         for partition in gone:
             self.early.pop(partition, None)
+            self.prediction_watermarks.pop(partition, None)
+            self._moved.pop(partition, None)
+        routes = self.routes
+        occupied = np.isfinite(routes.timestamps)
+        mine = occupied & np.isin(routes.columns["source"], list(gone))
+        routes.remove(np.flatnonzero(mine))
+
+
+ROUTE, HELD = b"r", b"h"  # changelog key prefixes: a pending prediction's route, a held label
+ROUTE_VALUE = struct.Struct(">hd")  # (internal partition, prediction event time)
+Change = tuple[int, bytes, bytes | None]
+
+
+def _key(kind: bytes, key: int) -> bytes:
+    return kind + key.to_bytes(8, "big")
+
+
+def _held_value(message: RawMessage, at: float) -> bytes:
+    headers = message.headers() or []
+    pairs = headers.items() if isinstance(headers, dict) else headers
+    return orjson.dumps(
+        {
+            "offset": message.offset(),
+            "time": at,
+            "key": _text(message.key()),
+            "value": _text(message.value()),
+            "headers": [[k, _text(v if isinstance(v, bytes) else None)] for k, v in pairs],
+        }
+    )
+
+
+def _text(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(data).decode()
+
+
+def _bytes(text: str | None) -> bytes | None:
+    return None if text is None else base64.b64decode(text)
 
 
 class EngineLink:
@@ -186,6 +300,7 @@ class EngineLink:
 
     def __init__(self, settings: Settings) -> None:
         self.topic = engine_topic(settings)
+        self.changelog = changelog_topic(settings)
         self.settings = settings
         config = settings.kafka.librdkafka()
         self._admin_config = config
@@ -208,36 +323,35 @@ class EngineLink:
 
     # -- setup ----------------------------------------------------------------------------
     def ensure_topic(self, partitions: int, timeout: float) -> None:
-        """Create the internal topic (as many partitions as the input topics), or check the
-        one there."""
-        admin = AdminClient(self._admin_config)
+        """Create the internal topic and stage 1's changelog (as many partitions as the
+        input topics), or check the ones there."""
         retention = int(self.settings.engine.retention_hours * 3_600_000)
-        spec = NewTopic(
-            self.topic,
-            num_partitions=partitions,
-            replication_factor=-1,
-            config={"retention.ms": str(retention)},
-        )
+        self._ensure(self.topic, partitions, {"retention.ms": str(retention)}, timeout)
+        self._ensure(self.changelog, partitions, {"cleanup.policy": "compact"}, timeout)
+        self.partitions = partitions
+
+    def _ensure(self, topic: str, partitions: int, config: dict[str, str], timeout: float) -> None:
+        admin = AdminClient(self._admin_config)
+        spec = NewTopic(topic, num_partitions=partitions, replication_factor=-1, config=config)
         try:
-            admin.create_topics([spec])[self.topic].result(timeout=timeout)
+            admin.create_topics([spec])[topic].result(timeout=timeout)
         except KafkaException as error:
             if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise KafkaSetupError(
-                    f"cannot create the engine topic {self.topic!r}: {error.args[0].str()}; "
+                    f"cannot create the engine topic {topic!r}: {error.args[0].str()}; "
                     f"create it with {partitions} partitions, or set engine.topic"
                 ) from None
         deadline = time.monotonic() + timeout
         while True:  # another worker may have just created it: its metadata comes shortly
-            meta = admin.list_topics(self.topic, timeout=timeout).topics[self.topic]
+            meta = admin.list_topics(topic, timeout=timeout).topics[topic]
             if meta.partitions or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
         if len(meta.partitions) != partitions:
             raise KafkaSetupError(
-                f"the engine topic {self.topic!r} has {len(meta.partitions)} partitions, the "
+                f"the engine topic {topic!r} has {len(meta.partitions)} partitions, the "
                 f"input topics {partitions}: delete it (it is rebuilt) or set engine.topic"
             )
-        self.partitions = partitions
 
     def subscribe(
         self,
@@ -279,10 +393,63 @@ class EngineLink:
         for partition in range(self.partitions):
             self._produce(partition, None, value, [(MARKER_HEADER, b"1")])
 
+    def record(self, changes: Iterable[Change]) -> None:
+        """Changes to stage 1's state, to its changelog (flushed with the forwarded records,
+        before the input offsets they reflect are committed)."""
+        for partition, key, value in changes:
+            self._produce(partition, key, value, None, self.changelog)
+
+    def restore(self, partitions: list[int], timeout: float) -> dict[int, dict[bytes, bytes]]:
+        """Stage 1's state of these source partitions: their changelog read to its end,
+        the last value of each key (deleted keys left out)."""
+        if not partitions:
+            return {}
+        consumer = Consumer(
+            {
+                **self._admin_config,
+                "group.id": f"{self.settings.kafka.group_id}-restore",
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+            }
+        )
+        out: dict[int, dict[bytes, bytes | None]] = {p: {} for p in partitions}
+        try:
+            ends = {}
+            for p in partitions:
+                low, high = consumer.get_watermark_offsets(
+                    TopicPartition(self.changelog, p), timeout=timeout
+                )
+                if high > low:
+                    ends[p] = high
+            consumer.assign([TopicPartition(self.changelog, p, OFFSET_BEGINNING) for p in ends])
+            deadline = time.monotonic() + timeout
+            while ends:
+                if time.monotonic() > deadline:
+                    raise KafkaSetupError(
+                        f"could not read the changelog {self.changelog!r} partitions "
+                        f"{sorted(ends)} within {timeout:.0f}s"
+                    )
+                for m in consumer.consume(10_000, 0.5):
+                    p, error = m.partition() or 0, m.error()
+                    if error is None:
+                        out[p][m.key() or b""] = m.value()
+                        if (m.offset() or 0) + 1 >= ends.get(p, 0):
+                            ends.pop(p, None)
+                    elif error.code() == KafkaError._PARTITION_EOF:
+                        ends.pop(p, None)
+        finally:
+            consumer.close()
+        return {p: {k: v for k, v in kv.items() if v is not None} for p, kv in out.items()}
+
     def _produce(
-        self, partition: int, key: bytes | None, value: bytes | None, headers: Any
+        self,
+        partition: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Any,
+        topic: str | None = None,
     ) -> None:
-        args: Forwarded = (partition, key, value, headers)
+        args: Forwarded = (partition, key, value, headers, topic or self.topic)
 
         def delivered(error: KafkaError | None, _message: Message) -> None:
             self._delivered(error, args)
@@ -290,7 +457,7 @@ class EngineLink:
         while True:
             try:
                 self._producer.produce(
-                    self.topic,
+                    args[4],
                     value=value,
                     key=key,
                     headers=headers,
@@ -318,8 +485,8 @@ class EngineLink:
         commits the input offsets only then."""
         with self._lock:
             failed, self._failed = self._failed, []
-        for partition, key, value, headers in failed:
-            self._produce(partition, key, value, headers)
+        for partition, key, value, headers, topic in failed:
+            self._produce(partition, key, value, headers, topic)
         self._producer.flush(timeout)
         with self._lock:
             return self._unacked == 0 and not self._failed
@@ -333,15 +500,6 @@ class EngineLink:
                 out.append(m)
             elif error.code() != KafkaError._PARTITION_EOF:
                 log.warning("engine topic: %s", error.str())
-        return out
-
-    def lags(self) -> dict[int, int]:
-        """Messages left to read per assigned internal partition (cached watermarks)."""
-        out = {}
-        for tp in self._consumer.position(self.assignment) if self.assignment else []:
-            _, high = self._consumer.get_watermark_offsets(tp, cached=True)
-            if high >= 0:
-                out[tp.partition] = max(0, high - tp.offset) if tp.offset >= 0 else high
         return out
 
     def caught_up(self) -> bool:

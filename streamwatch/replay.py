@@ -27,12 +27,11 @@ from typing import Any
 
 from streamwatch.app import build
 from streamwatch.config import Settings
-from streamwatch.decode import Label, Prediction
-from streamwatch.monitor import Alarm, Monitor
+from streamwatch.monitor import Monitor
 from streamwatch.ordering import order_key
 from streamwatch.progress import Progress
-from streamwatch.quality import ConceptAlarm, Quality
-from streamwatch.simulation import Record
+from streamwatch.quality import Quality
+from streamwatch.records import Alarm, ConceptAlarm, Label, Prediction, Record
 from streamwatch.worker import Decoded, Outcome, Pipeline
 
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 import csv
 import heapq
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import orjson
 
-from streamwatch.decode import AnyHeaders
+from streamwatch.records import Record
 
 MODEL = "fraud-detector"
 VERSION = "2026.11.1"
@@ -57,36 +57,6 @@ DEMO_CONFIG: dict[str, object] = {
     },
     "worker": {"batch_size": 2000},
 }
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    """An in-memory message with the accessors of ``confluent_kafka.Message``."""
-
-    _topic: str
-    _value: bytes | None
-    _key: bytes | None
-    _partition: int = 0
-    _offset: int = 0
-    _headers: AnyHeaders = field(default=None)
-
-    def topic(self) -> str:
-        return self._topic
-
-    def value(self) -> bytes | None:
-        return self._value
-
-    def key(self) -> bytes | None:
-        return self._key
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-    def headers(self) -> AnyHeaders:
-        return self._headers
 
 
 @dataclass(frozen=True)

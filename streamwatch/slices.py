@@ -25,7 +25,7 @@ from collections import Counter
 from typing import Any
 
 from streamwatch.config import SliceSpec
-from streamwatch.decode import Prediction
+from streamwatch.records import Prediction
 
 ALL = "__all__"  # the whole model version
 OTHER = "__other__"

@@ -244,7 +244,8 @@ class Source:
         return {(tp.topic, tp.partition): tp.offset for tp in committed}
 
     def lag(self) -> dict[tuple[str, int], int]:
-        """Messages behind the end of each assigned partition (from cached watermarks)."""
+        """Messages behind the end of each assigned partition (from cached watermarks); a
+        partition not fetched yet has no known end and is left out."""
         if not self.assignment:
             return {}
         lags = {}

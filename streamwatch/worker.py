@@ -40,12 +40,21 @@ from streamwatch.admission import EventClock, VersionCap
 from streamwatch.alignment import Alignment
 from streamwatch.config import Settings
 from streamwatch.deadletter import DeadLetters
-from streamwatch.decode import Decoder, Label, Prediction, RawMessage, Rejection
+from streamwatch.decode import Decoder
 from streamwatch.errors import ConfigError, ConfigProblem, KafkaSetupError
 from streamwatch.exporter import Health, Telemetry
-from streamwatch.monitor import Alarm, AlarmKey, Monitor
+from streamwatch.monitor import Monitor
 from streamwatch.ordering import EventOrder, Key
-from streamwatch.quality import ConceptAlarm, Quality
+from streamwatch.quality import Quality
+from streamwatch.records import (
+    Alarm,
+    AlarmKey,
+    ConceptAlarm,
+    Label,
+    Prediction,
+    RawMessage,
+    Rejection,
+)
 from streamwatch.repartition import (
     SOURCE_HEADER,
     EngineLink,
@@ -127,12 +136,10 @@ class Pipeline:
         messages: Sequence[Message],
         dead_letters: DeadLetters | None,
         now: float,
-        lags: Mapping[int, int] | None = None,
     ) -> Outcome:
         """Stage 2 of repartition: messages of the internal topic (records as stage 1 read
         and admitted them, and the source partitions' progress) through the event order to
-        the engine. ``lags``: messages left per internal partition; a lane of one that has
-        some is never idle (its progress reports are still to be read)."""
+        the engine. A lane is idle only when stage 1 reports it idle."""
         predictions: list[Prediction] = []
         labels: list[Label] = []
         rejected: list[Rejection] = []
@@ -179,9 +186,7 @@ class Pipeline:
                 labels.append(record)
         self.reject(rejected, dead_letters)
         self.order.add(predictions, labels, now)
-        n = self.source_partitions
-        lane_lags = {key: (lags or {}).get(key[1] // n, 0) for key in self.order.partitions}
-        outcome = self.apply(Decoded(*self.order.release(now, lane_lags), rejected))
+        outcome = self.apply(Decoded(*self.order.release(now), rejected))
         self._count_order()
         return outcome
 
@@ -447,12 +452,16 @@ class Worker:
                 messages = self.source.consume(w.batch_size, w.poll_timeout_seconds)
                 now = self.health.last_poll = time.monotonic()
                 lags = self.source.lag()
+                # for the event order, a partition not fetched yet counts as behind (never
+                # idle), so that a slow first fetch does not let the others run ahead of it
+                behind = {(tp.topic, tp.partition): 1 for tp in self.source.assignment}
+                order_lags = behind | lags
                 if self.link is not None:
-                    self._repartition(messages, now, lags)
+                    self._repartition(messages, now, order_lags)
                 elif messages or self.pipeline.order.waiting:
                     paused = self._held()
                     with self.telemetry.batch_duration.time():
-                        self.pipeline.process(messages, self.dead_letters, now, lags, paused)
+                        self.pipeline.process(messages, self.dead_letters, now, order_lags, paused)
                     self._store(messages)
                 self._align(lags)
                 if time.monotonic() - last_commit >= w.commit_interval_seconds:
@@ -549,19 +558,22 @@ class Worker:
                     decoded.predictions, decoded.labels, raw, self.settings.topics.predictions, now
                 )
                 pipeline.count(decoded.predictions, decoded.labels)
+                self.link.record(self.router.take_changes())
                 for partition, message in routed:
                     self.link.send(partition, message)
                 pipeline.held_by_router = self.router.holding
             self._store(messages)
         elif self.router.holding:  # held labels whose predictions stopped coming go on
-            for partition, message in self.router.release(now):
+            released = self.router.release(now)
+            self.link.record(self.router.take_changes())
+            for partition, message in released:
                 self.link.send(partition, message)
             pipeline.held_by_router = self.router.holding
         if not self._paused:  # nothing is read while paused: nothing to report
             self._report_progress(now, lags)
         self.link.poll()
         engine = self.link.consume(self.settings.worker.batch_size, 0.0)
-        pipeline.process_engine(engine, self.dead_letters, now, self.link.lags())
+        pipeline.process_engine(engine, self.dead_letters, now)
         self.health.rebuilding = pipeline.rebuilding = not self.link.caught_up()
 
     def _report_progress(self, now: float, lags: Mapping[Key, int]) -> None:
@@ -578,7 +590,7 @@ class Worker:
             if tp.topic == self.settings.topics.labels and tp.partition in earliest:
                 newest = min(newest or float("inf"), earliest[tp.partition])
             quiet = now - self._last_read.setdefault(key, now)
-            idle = lags.get(key, 0) <= 0 and key not in held and quiet >= idle_after
+            idle = lags.get(key, 1) <= 0 and key not in held and quiet >= idle_after
             self.link.progress(key, newest, idle)
 
     def _engine_assigned(self, partitions: list[int]) -> None:
@@ -603,10 +615,11 @@ class Worker:
             if topic is not None and partition is not None and offset is not None:
                 key = (topic, partition)
                 self._consumed[key] = max(self._consumed.get(key, 0), offset + 1)
+        # repartition: stage 1 holds nothing uncommitted (held labels are in its changelog)
         offsets = (
             self.pipeline.order.next_offsets(self._consumed)
             if self.router is None
-            else self.router.next_offsets(self._consumed)
+            else self._consumed
         )
         changed = {k: o for k, o in offsets.items() if self._stored.get(k) != o}
         if changed:
@@ -682,6 +695,18 @@ class Worker:
     def _assigned(self, partitions: list[TopicPartition]) -> None:
         log.info("assigned %s", [(tp.topic, tp.partition) for tp in partitions])
         owned = [tp.partition for tp in partitions if tp.topic == self.settings.topics.predictions]
+        if self.router is not None and self.link is not None:  # stage 1's state, restored
+            timeout = self.settings.kafka.connect_timeout_seconds
+            for partition, entries in self.link.restore(owned, timeout).items():
+                self.router.restore(partition, entries, time.monotonic())
+            log.info(
+                "restored stage 1's state: %d routes, %d held labels",
+                len(self.router.routes),
+                self.router.holding,
+            )
+        now = time.monotonic()
+        for tp in partitions:  # quiet from the assignment on, not from a previous ownership
+            self._last_read[(tp.topic, tp.partition)] = now
         self.pipeline.quality.assign(owned)
         self.pipeline.order.assign(
             [(tp.topic, tp.partition) for tp in partitions], time.monotonic()
@@ -709,7 +734,7 @@ class Worker:
         self.pipeline.quality.revoke(owned)  # the join state; the engine's stays
         keys = [(tp.topic, tp.partition) for tp in partitions]
         if self.router is not None:
-            self.router.revoke(p for t, p in keys if t == self.settings.topics.labels)
+            self.router.revoke({p for _, p in keys})
         dropped = 0 if self.link is not None else self.pipeline.order.revoke(keys)
         if dropped:
             log.info("%d record(s) waiting in the event order left with their partitions", dropped)

@@ -30,9 +30,9 @@ import numpy as np
 from river import drift
 
 from streamwatch.config import parse_settings
-from streamwatch.decode import Label, Prediction
 from streamwatch.detectors.bernoulli import ConceptCusum
 from streamwatch.quality import Quality
+from streamwatch.records import Label, Prediction
 
 ADWIN: Any = drift.ADWIN  # river is untyped
 BUDGET = 1e6  # labels between false alarms, per model version

@@ -38,8 +38,8 @@ from river import drift
 from scipy import integrate, stats
 
 from streamwatch.config import parse_settings
-from streamwatch.decode import Prediction
 from streamwatch.monitor import Monitor
+from streamwatch.records import Prediction
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench.detection import quality

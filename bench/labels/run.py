@@ -26,9 +26,9 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 
 from streamwatch.config import parse_settings
-from streamwatch.decode import Label, Prediction
 from streamwatch.exporter import QualityCollector
 from streamwatch.quality import Quality
+from streamwatch.records import Label, Prediction
 
 T0 = 1_790_000_000.0
 BATCH = 10_000

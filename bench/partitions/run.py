@@ -32,7 +32,8 @@ import yaml
 from streamwatch.app import build
 from streamwatch.config import parse_settings
 from streamwatch.progress import Progress
-from streamwatch.simulation import DEMO_CONFIG, Record, Scenario, spread
+from streamwatch.records import Record
+from streamwatch.simulation import DEMO_CONFIG, Scenario, spread
 
 HERE = Path(__file__).parent
 FETCH = 500

@@ -16,18 +16,25 @@ import numpy as np
 from streamwatch.detectors.base import Crossing
 from streamwatch.statistics import FloatArray
 
-#: The river detectors on offer, at river's default settings.
+#: The river detectors on offer for drift, at river's default settings.
 RIVER_DETECTORS = ("adwin", "page_hinkley", "kswin")
+#: river's detectors on the 0/1 error stream (concept drift), as options to the CUSUM bank.
+RIVER_CONCEPT_DETECTORS = ("ddm", "eddm", "hddm_a", "hddm_w", "adwin", "page_hinkley")
 
 
 def river_detector(name: str) -> Any:
-    """A new river detector (river is imported on first use: it is slow to import)."""
+    """A new river detector by name, drift's or concept's: the one registry of river's
+    detectors (river is imported on first use: it is slow to import)."""
     from river import drift
 
     factories: dict[str, Callable[[], Any]] = {
         "adwin": drift.ADWIN,
         "page_hinkley": drift.PageHinkley,
         "kswin": lambda: drift.KSWIN(seed=1),
+        "ddm": drift.binary.DDM,
+        "eddm": drift.binary.EDDM,
+        "hddm_a": drift.binary.HDDMA,
+        "hddm_w": drift.binary.HDDMW,
     }
     return factories[name]()
 

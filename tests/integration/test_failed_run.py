@@ -19,7 +19,7 @@ from confluent_kafka import Consumer, TopicPartition
 from streamwatch.app import build
 from streamwatch.config import parse_settings
 from streamwatch.deadletter import DeadLetters
-from streamwatch.decode import RawMessage
+from streamwatch.records import RawMessage
 from streamwatch.worker import Outcome, Pipeline, Worker
 from tests.conftest import free_port
 from tests.events import stream

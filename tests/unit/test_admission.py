@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from streamwatch.admission import EventClock, VersionCap
 from streamwatch.config import parse_settings
-from streamwatch.decode import Prediction
+from streamwatch.records import Prediction
 from streamwatch.slices import OTHER
 
 NOW = 1_795_000_000.0

@@ -17,9 +17,9 @@ import pytest
 import yaml
 
 from streamwatch.app import build
+from streamwatch.coding import signals_of
 from streamwatch.config import load_settings
 from streamwatch.errors import ConfigError
-from streamwatch.monitor import signals_of
 from streamwatch.reference import Profile
 from tests.conftest import run_cli
 
@@ -179,7 +179,7 @@ def test_the_worker_judges_a_version_against_its_profile(tmp_path: Path) -> None
     from tests.events import prediction
 
     events = [prediction(i, 100.0, 40.0, "DE", version="v7") for i in range(10)]
-    from streamwatch.simulation import Record
+    from streamwatch.records import Record
 
     app.pipeline.process(
         [Record("predictions", orjson.dumps(e), None, 0, i) for i, e in enumerate(events)], None

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from streamwatch.admission import ADMISSION_REASONS
 from streamwatch.config import parse_settings
-from streamwatch.decode import REASONS, Decoder, Label, Prediction, Rejection, parse_timestamp
+from streamwatch.decode import REASONS, Decoder, parse_timestamp
+from streamwatch.records import Label, Prediction, Rejection
 
 MODELS = [
     {

@@ -6,9 +6,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streamwatch.config import parse_settings
-from streamwatch.decode import Label, Prediction
 from streamwatch.join import EarlyLabels
 from streamwatch.quality import Quality
+from streamwatch.records import Label, Prediction
 
 T0 = 1_790_000_000.0
 

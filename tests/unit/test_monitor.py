@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from streamwatch.config import parse_settings
-from streamwatch.decode import Prediction, Rejection
 from streamwatch.monitor import Monitor
+from streamwatch.records import Prediction, Rejection
 
 CONFIG: dict[str, Any] = {
     "models": [

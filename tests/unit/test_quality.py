@@ -10,9 +10,9 @@ from prometheus_client import CollectorRegistry
 from sklearn import metrics
 
 from streamwatch.config import parse_settings
-from streamwatch.decode import Label, Prediction
 from streamwatch.exporter import QualityCollector
 from streamwatch.quality import Quality
+from streamwatch.records import Label, Prediction
 from streamwatch.reference import Lineage, Profile, Signal, build_profile, calibration_map
 
 T0 = 1_790_000_000.0
@@ -482,7 +482,7 @@ def test_the_estimate_alarms_before_any_label_when_predictions_grow_uncertain() 
     assert counted[("m", "v1", "__all__", "cusum_estimated")] == len(estimated)
     # the draws are errors at the estimated rate: the reference (the first 500) is 5% wrong,
     # plus its margin of a standard error
-    (detector,) = q.estimate_detectors.values()
+    (detector,) = q.concept.estimate_detectors.values()
     assert detector.cusum is not None
     assert 0.04 < detector.cusum.p0 < 0.08
 

@@ -6,10 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from streamwatch.config import parse_settings
-from streamwatch.decode import Label, Prediction
 from streamwatch.join import id_hash
+from streamwatch.records import Label, Prediction, Record
 from streamwatch.repartition import MARKER_HEADER, SOURCE_HEADER, Router, parse_source, route_of
-from streamwatch.simulation import Record
 
 P, L = "predictions", "labels"
 SETTINGS = parse_settings(
@@ -39,8 +38,7 @@ def raw(records: list[Any], topic: str) -> dict[tuple[str, int, int], Record]:
 
 def routed(router: Router, preds: list[Prediction], labels: list[Label]) -> list[tuple[int, str]]:
     messages = raw(preds, P) | raw(labels, L)
-    out = router.route(preds, labels, messages, P)
-    return [(partition, f"{m.topic()}:{(m.value() or b'').decode()}") for partition, m in out]
+    return text(router.route(preds, labels, messages, P))
 
 
 def test_a_version_has_one_internal_partition_and_every_worker_agrees() -> None:
@@ -65,7 +63,6 @@ def test_a_label_that_comes_first_waits_for_its_prediction_and_holds_back_progre
     assert routed(router, [], [label(5, 30.0, offset=7)]) == []
     assert router.holding == 1
     assert router.earliest_held() == {0: 30.0}
-    assert router.next_offsets({(L, 0): 8}) == {(L, 0): 7}  # never committed past it
     v3 = route_of("m", "v3", 4)
     assert routed(router, [pred(5, "v3", 25.0)], []) == [
         (v3, "predictions:p5"),
@@ -93,6 +90,10 @@ def test_held_labels_go_on_when_their_partitions_predictions_stop() -> None:
     assert router.holding == 0
 
 
+def text(out: list[tuple[int, Any]]) -> list[tuple[int, str]]:
+    return [(partition, f"{m.topic()}:{(m.value() or b'').decode()}") for partition, m in out]
+
+
 def routed_at(
     router: Router, preds: list[Prediction], labels: list[Label], now: float
 ) -> list[tuple[int, Any]]:
@@ -118,3 +119,43 @@ def test_what_is_not_from_stage_1_is_a_reason_to_dead_letter_not_a_crash() -> No
     ]
     for message in bad:
         assert isinstance(parse_source(message, topics, n), str), message
+
+
+def test_a_partitions_next_owner_restores_its_routes_and_held_labels_from_the_changelog() -> None:
+    """Every change to stage 1's state goes to the changelog; a worker that is assigned the
+    partition later, replaying it, routes its labels as the first would have."""
+    first = Router(SETTINGS, 4, L)
+    changelog: dict[int, dict[bytes, bytes | None]] = {}
+
+    def write() -> None:
+        for partition, key, value in first.take_changes():
+            changelog.setdefault(partition, {})[key] = value  # compaction: the last wins
+
+    routed(first, [pred(1, "v1", 10.0, 0), pred(2, "v2", 11.0, 1), pred(3, "v3", 12.0, 0)], [])
+    routed(first, [], [label(1, 20.0, 0), label(4, 21.0, 0, offset=9)])  # 4: held
+    write()
+    first.revoke([0, 1])
+    assert len(first.routes) == 0
+    assert first.holding == 0
+
+    second = Router(SETTINGS, 4, L)
+    for partition, entries in changelog.items():
+        second.restore(partition, {k: v for k, v in entries.items() if v is not None}, 0.0)
+    assert second.holding == 1
+    assert len(second.routes) == 2
+    assert second.earliest_held() == {0: 21.0}
+    v2, v3, v4 = (route_of("m", v, 4) for v in ("v2", "v3", "v4"))
+    out = routed_at(second, [], [label(2, 22.0, 1), label(3, 23.0, 0)], now=1.0)
+    assert text(out) == [(v2, "labels:p2"), (v3, "labels:p3")]
+    # the held label follows its prediction, bytes and all
+    out = routed_at(second, [pred(4, "v4", 15.0, 0)], [], now=2.0)
+    assert text(out) == [(v4, "predictions:p4"), (v4, "labels:p4")]
+
+
+def test_routes_past_the_ttl_leave_the_changelog_too() -> None:
+    router = Router(SETTINGS, 4, L)
+    routed(router, [pred(1, "v1", 10.0, 2)], [])
+    router.take_changes()
+    routed(router, [], [label(9, 10.0 + 3601.0, 2)])  # the TTL is 3,600 s of label time
+    deleted = [(p, k) for p, k, v in router.take_changes() if v is None]
+    assert (2, b"r" + id_hash("p1").to_bytes(8, "big")) in deleted

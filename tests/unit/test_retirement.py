@@ -12,7 +12,7 @@ import yaml
 
 from streamwatch.app import build
 from streamwatch.config import parse_settings
-from streamwatch.simulation import Record
+from streamwatch.records import Record
 from tests.events import T0_MS, prediction
 
 CONFIG = {
