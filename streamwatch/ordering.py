@@ -170,6 +170,22 @@ class EventOrder:
         labels = self._take(labels_topic, thresholds[labels_topic], forced)
         return predictions, labels  # type: ignore[return-value]
 
+    def holding_back(self) -> list[tuple[Key, float | None]]:
+        """Per topic, the partitions (not idle) with the oldest progress, which bound its
+        threshold, each with the newest event time read: what an operator checks when the
+        order does not move."""
+        out: list[tuple[Key, float | None]] = []
+        for topic in self.topics:
+            bound = [
+                (key, state.newest)
+                for key, state in self.partitions.items()
+                if key[0] == topic and not state.idle
+            ]
+            if bound:
+                low = min(-1e300 if newest is None else newest for _, newest in bound)
+                out += [b for b in bound if (-1e300 if b[1] is None else b[1]) == low]
+        return out
+
     def flush(self) -> tuple[list[Prediction], list[Label]]:
         """Everything waiting, in order (the end of a finite stream: demo, replay)."""
         inf = float("inf")

@@ -193,6 +193,12 @@ class Quality:
             self.activity.clear()
             self._delays = []
 
+    @property
+    def holding(self) -> int:
+        """Labels held for a prediction that has not come (released by time: see
+        ``labels.early_hold_idle_seconds``, so a batch must run while there are any)."""
+        return sum(len(p.early) for p in self.partitions.values())
+
     # -- partition ownership ------------------------------------------------------------
     def assign(self, partitions: Iterable[int]) -> None:
         with self._lock:

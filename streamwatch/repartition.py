@@ -413,16 +413,14 @@ class EngineLink:
             }
         )
         out: dict[int, dict[bytes, bytes | None]] = {p: {} for p in partitions}
+        deadline = time.monotonic() + timeout
         try:
             ends = {}
             for p in partitions:
-                low, high = consumer.get_watermark_offsets(
-                    TopicPartition(self.changelog, p), timeout=timeout
-                )
+                low, high = self._watermarks(consumer, p, deadline)
                 if high > low:
                     ends[p] = high
             consumer.assign([TopicPartition(self.changelog, p, OFFSET_BEGINNING) for p in ends])
-            deadline = time.monotonic() + timeout
             while ends:
                 if time.monotonic() > deadline:
                     raise KafkaSetupError(
@@ -435,11 +433,32 @@ class EngineLink:
                         out[p][m.key() or b""] = m.value()
                         if (m.offset() or 0) + 1 >= ends.get(p, 0):
                             ends.pop(p, None)
-                    elif error.code() == KafkaError._PARTITION_EOF:
+                    elif error.code() == KafkaError._PARTITION_EOF and (
+                        (m.offset() or 0) >= ends.get(p, 0)
+                    ):
                         ends.pop(p, None)
         finally:
             consumer.close()
         return {p: {k: v for k, v in kv.items() if v is not None} for p, kv in out.items()}
+
+    def _watermarks(self, consumer: Consumer, partition: int, deadline: float) -> tuple[int, int]:
+        """A changelog partition's (low, high) offsets, asked again while the broker is not
+        ready to answer (a topic just created has no leader yet)."""
+        while True:
+            try:
+                low, high = consumer.get_watermark_offsets(
+                    TopicPartition(self.changelog, partition),
+                    timeout=max(0.1, deadline - time.monotonic()),
+                )
+                return int(low), int(high)
+            except KafkaException as error:
+                if time.monotonic() > deadline:
+                    raise KafkaSetupError(
+                        f"cannot read the changelog {self.changelog!r} partition {partition}: "
+                        f"{error.args[0].str()}"
+                    ) from None
+                log.info("changelog %s/%d: %s; asking again", self.changelog, partition, error)
+                time.sleep(0.2)
 
     def _produce(
         self,

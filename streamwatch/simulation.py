@@ -74,6 +74,14 @@ class Scenario:
     # (the model goes wrong there, its inputs unchanged); None: no change
     concept_at: int | None = None
     concept_country: str = "US"
+    # the countries (the demo's slice) and their shares of the traffic
+    countries: tuple[tuple[str, float], ...] = (
+        ("DE", 0.3),
+        ("FR", 0.2),
+        ("US", 0.3),
+        ("BR", 0.1),
+        ("IN", 0.1),
+    )
 
     def records(self) -> Iterator[Record]:
         """The stream in arrival order: predictions, late labels and malformed messages."""
@@ -84,9 +92,8 @@ class Scenario:
         amount = np.round(np.exp(log_amount), 2)
         age = np.round(rng.gamma(2.0, 200.0, n), 1)
         items = rng.poisson(2.0, n) + 1
-        country = rng.choice(
-            np.array(["DE", "FR", "US", "BR", "IN"]), n, p=[0.3, 0.2, 0.3, 0.1, 0.1]
-        )
+        names, shares = zip(*self.countries, strict=True)
+        country = rng.choice(np.array(names), n, p=list(shares))
         logit = -4.0 + 0.6 * (log_amount - 3.5) - 0.002 * age + 0.2 * items
         score = 1.0 / (1.0 + np.exp(-logit))
         fraud = rng.random(n) < score

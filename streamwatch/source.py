@@ -85,6 +85,10 @@ class Source:
         self.last_commit = time.monotonic()  # of the last successful commit
         self._logged: dict[int, float] = {}  # error code -> when it was last logged
         self.unreachable: str | None = None  # set while every broker is down
+        # per assigned partition, where reading starts (its committed offset, else the log's
+        # start): its lag before a first message is consumed, when the position is unknown
+        self._origin: dict[tuple[str, int], int] = {}
+        self._origin_retry = 0.0
 
     def check_topics(self) -> dict[str, int]:
         """Partition counts of the topics; raises KafkaSetupError if one is missing or the
@@ -112,6 +116,7 @@ class Source:
     def subscribe(self) -> None:
         def assign(consumer: Consumer, partitions: list[TopicPartition]) -> None:
             self.assignment = list(partitions)
+            self._origin = {}
             self._on_assign(partitions)
 
         def revoke(consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -245,17 +250,43 @@ class Source:
 
     def lag(self) -> dict[tuple[str, int], int]:
         """Messages behind the end of each assigned partition (from cached watermarks); a
-        partition not fetched yet has no known end and is left out."""
+        partition not fetched yet has no known end and is left out. Before a partition's
+        first message is consumed its position is unknown: the lag counts from where
+        reading starts (a partition read to its end by its previous owner has none)."""
         if not self.assignment:
             return {}
+        positions = self._consumer.position(self.assignment)
+        unknown = [
+            tp for tp in positions if tp.offset < 0 and (tp.topic, tp.partition) not in self._origin
+        ]
+        if unknown and time.monotonic() >= self._origin_retry:
+            self._learn_origins(unknown)
         lags = {}
-        for tp in self._consumer.position(self.assignment):
+        for tp in positions:
+            key = (tp.topic, tp.partition)
             _, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            start = tp.offset if tp.offset >= 0 else self._origin.get(key, 0)
             if high >= 0:
-                lags[(tp.topic, tp.partition)] = (
-                    max(0, high - tp.offset) if tp.offset >= 0 else high
-                )
+                lags[key] = max(0, high - start)
         return lags
+
+    def _learn_origins(self, partitions: list[TopicPartition]) -> None:
+        """Where reading starts on these partitions: the group's committed offset, else
+        the start of the log (``auto.offset.reset: earliest``)."""
+        try:
+            committed = self._consumer.committed(
+                [TopicPartition(tp.topic, tp.partition) for tp in partitions], timeout=2.0
+            )
+        except KafkaException:
+            self._origin_retry = time.monotonic() + 10.0  # an outage: not every loop
+            return
+        for tp in committed:
+            if tp.offset >= 0:
+                self._origin[(tp.topic, tp.partition)] = tp.offset
+                continue
+            low, _ = self._consumer.get_watermark_offsets(tp, cached=True)
+            if low >= 0:
+                self._origin[(tp.topic, tp.partition)] = low
 
     def close(self) -> None:
         self._consumer.close()

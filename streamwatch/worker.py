@@ -110,6 +110,7 @@ class Pipeline:
         self.count_events = True
         self.rebuilding = False
         self._announced: set[AlarmKey] = set()
+        self._moved_at = self._stall_logged = time.monotonic()  # the order's last release
 
     def process(
         self,
@@ -127,7 +128,9 @@ class Pipeline:
         self.processed += len(messages)
         now = time.monotonic() if now is None else now
         self.order.add(decoded.predictions, decoded.labels, now)
-        outcome = self.apply(Decoded(*self.order.release(now, lags, paused), decoded.rejected))
+        released = self.order.release(now, lags, paused)
+        self._watch_order(len(released[0]) + len(released[1]), now)
+        outcome = self.apply(Decoded(*released, decoded.rejected))
         self._count_order()
         return outcome
 
@@ -186,7 +189,9 @@ class Pipeline:
                 labels.append(record)
         self.reject(rejected, dead_letters)
         self.order.add(predictions, labels, now)
-        outcome = self.apply(Decoded(*self.order.release(now), rejected))
+        released = self.order.release(now)
+        self._watch_order(len(released[0]) + len(released[1]), now)
+        outcome = self.apply(Decoded(*released, rejected))
         self._count_order()
         return outcome
 
@@ -237,6 +242,20 @@ class Pipeline:
             if dead_letters is not None:
                 dead_letters.send(r)
             self.telemetry.invalid.labels(r.topic, r.reason).inc()
+
+    def _watch_order(self, released: int, now: float) -> None:
+        """Log, at most every 30 s, the partitions the event order waits for when records
+        wait and none left for 30 s (a partition that neither moves nor goes idle)."""
+        if released or not self.order.waiting:
+            self._moved_at = now
+        elif now - self._moved_at >= 30.0 and now - self._stall_logged >= 30.0:
+            self._stall_logged = now
+            log.warning(
+                "event order: %d records have waited %.0fs; held back by %s",
+                self.order.waiting,
+                now - self._moved_at,
+                [f"{t}/{p} (newest {newest})" for (t, p), newest in self.order.holding_back()],
+            )
 
     def _count_order(self) -> None:
         t, order = self.telemetry, self.order
@@ -458,7 +477,7 @@ class Worker:
                 order_lags = behind | lags
                 if self.link is not None:
                     self._repartition(messages, now, order_lags)
-                elif messages or self.pipeline.order.waiting:
+                elif messages or self.pipeline.order.waiting or self.pipeline.quality.holding:
                     paused = self._held()
                     with self.telemetry.batch_duration.time():
                         self.pipeline.process(messages, self.dead_letters, now, order_lags, paused)

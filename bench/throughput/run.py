@@ -18,7 +18,10 @@ Starts its own single-node broker, preloads ``--events`` predictions (12 numeric
   micro-batch gives) each numeric feature gets a two-sample Kolmogorov-Smirnov test against
   the reference window, each categorical one a chi-square test, and each slice its accuracy
   on the joined labels (scipy; Evidently is not installed, see the README);
-* ``streamwatch_2_workers``: two workers in one consumer group, predictions and labels.
+* ``streamwatch_2_workers``: two workers in one consumer group, predictions and labels;
+* ``streamwatch_2_workers_repartition``: the same with ``engine.mode: repartition`` (each
+  version's state in one worker), counted as the engine applies the events (stage 2), not
+  as stage 1 forwards them.
 
 Each figure is the median of ``--runs`` runs. events/s and CPU-seconds per million events
 are taken between 10% and 90% of a run's messages (steady state, without start-up and the
@@ -234,6 +237,17 @@ def _samples(port: int, *names: str) -> dict[str, float]:
     return out
 
 
+def _sum_samples(port: int, name: str, label: str) -> float:
+    """The sum of a series over the label sets that contain ``label``, from a whole scrape
+    (the engine's series come from a collector, which the ``name[]`` filter leaves out)."""
+    status, text = _get(f"http://127.0.0.1:{port}/metrics")
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if status == 200 and line.startswith(name + "{") and label in line
+    )
+
+
 def _max_sample(port: int, name: str, label: str) -> float:
     status, text = _get(f"http://127.0.0.1:{port}/metrics?name[]={name}")
     values = [
@@ -248,7 +262,13 @@ def _max_sample(port: int, name: str, label: str) -> float:
 
 
 def _config(
-    bootstrap: str, predictions: str, labels: str, port: int, shape: Shape, group: str
+    bootstrap: str,
+    predictions: str,
+    labels: str,
+    port: int,
+    shape: Shape,
+    group: str,
+    mode: str = "local",
 ) -> dict[str, Any]:
     features: list[dict[str, str]] = [
         {"name": f"x{j}", "type": "numeric"} for j in range(shape.numeric)
@@ -271,6 +291,7 @@ def _config(
             }
         ],
         "exporter": {"address": "127.0.0.1", "port": port},
+        "engine": {"mode": mode},
     }
 
 
@@ -278,16 +299,24 @@ class Workers:
     """``streamwatch run`` processes in one consumer group."""
 
     def __init__(
-        self, bootstrap: str, topics: tuple[str, str], shape: Shape, count: int, folder: Path
+        self,
+        bootstrap: str,
+        topics: tuple[str, str],
+        shape: Shape,
+        count: int,
+        folder: Path,
+        mode: str = "local",
     ) -> None:
         group = f"bench-{uuid.uuid4().hex[:8]}"
+        self.mode = mode
         self.ports = [kafka_local.free_port() for _ in range(count)]
         self.processes: list[subprocess.Popen[bytes]] = []
         self.started = time.perf_counter()
         self.ready_s: list[float] = []
         for port in self.ports:
             path = folder / f"{group}-{port}.yaml"
-            path.write_text(yaml.safe_dump(_config(bootstrap, *topics, port, shape, group)))
+            config = _config(bootstrap, *topics, port, shape, group, mode)
+            path.write_text(yaml.safe_dump(config))
             with (folder / f"{group}-{port}.log").open("wb") as log:
                 self.processes.append(
                     subprocess.Popen(
@@ -314,6 +343,14 @@ class Workers:
                 raise RuntimeError(f"a worker exited with {p.returncode}; see its log")
 
     def events(self) -> float:
+        """Messages done with: counted as read (one engine per worker), or as the engine
+        applies them (repartition: stage 1 counts them as it forwards them)."""
+        if self.mode == "repartition":
+            return sum(
+                _sum_samples(port, "streamwatch_predictions_total", "")
+                + _sum_samples(port, "streamwatch_labelled_events_total", 'slice="__all__"')
+                for port in self.ports
+            )
         return sum(
             _samples(port, "streamwatch_events_total").get("streamwatch_events_total", 0.0)
             for port in self.ports
@@ -343,9 +380,10 @@ def _streamwatch(
     shape: Shape,
     folder: Path,
     workers: int = 1,
+    mode: str = "local",
 ) -> dict[str, float]:
     """Run worker(s) on the backlog until ``total`` messages are counted."""
-    group = Workers(bootstrap, topics, shape, workers, folder)
+    group = Workers(bootstrap, topics, shape, workers, folder, mode)
     try:
         group.wait_ready()
         meter = Meter(total, group.cpu)
@@ -674,6 +712,10 @@ ROWS = [
     ("per_event", "(c) per-event loop: pydantic + river ADWIN, label join, river per slice"),
     ("window_batch", "(d) windowed batch recompute: scipy tests on the last 10,000, every 1,000"),
     ("streamwatch_2_workers", "(e) two workers in one group, predictions and labels (total)"),
+    (
+        "streamwatch_2_workers_repartition",
+        "(f) two workers, `engine.mode: repartition` (one engine per version), as applied",
+    ),
 ]
 
 
@@ -697,6 +739,7 @@ def _report(
             f"| {r['peak_rss_mb']:,.0f} | {b['events_per_s'] / r['events_per_s']:.2f} |"
         )
     one, two = results["streamwatch_labels"], results["streamwatch_2_workers"]
+    rep = results["streamwatch_2_workers_repartition"]
     s = results["streamwatch"]
     lines += [
         "",
@@ -705,6 +748,8 @@ def _report(
         f"| predictions/s with their labels (one worker) | {b['events_per_s'] / 2:,.0f} |",
         f"| two workers: CPU per event ÷ one worker's | "
         f"{two['cpu_s_per_million'] / one['cpu_s_per_million']:.2f} |",
+        f"| two workers with repartition: CPU per event ÷ one worker's | "
+        f"{rep['cpu_s_per_million'] / one['cpu_s_per_million']:.2f} |",
         f"| produce-to-`/metrics` latency p50 / p99 (s) at {s['latency_rate']:,.0f} "
         f"predictions/s and their labels | {s['latency_p50_s']:.2f} / {s['latency_p99_s']:.2f} |",
         f"| start-up to ready (s) | {s['ready_s']:.2f} |",
@@ -784,6 +829,12 @@ def main() -> int:
             (
                 "streamwatch_2_workers",
                 lambda: _streamwatch(bootstrap, both, 2 * n, Shape(), Path(folder), workers=2),
+            ),
+            (
+                "streamwatch_2_workers_repartition",
+                lambda: _streamwatch(
+                    bootstrap, both, 2 * n, Shape(), Path(folder), 2, "repartition"
+                ),
             ),
         ]
         if args.only:

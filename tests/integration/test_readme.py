@@ -256,7 +256,13 @@ def test_the_throughput_benchmark_measures_what_the_readme_shows(tmp_path: Path)
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     results = json.loads(out.read_text())
-    for name in ("limit", "per_event", "window_batch", "streamwatch_2_workers"):
+    for name in (
+        "limit",
+        "per_event",
+        "window_batch",
+        "streamwatch_2_workers",
+        "streamwatch_2_workers_repartition",
+    ):
         assert {"events_per_s", "cpu_s_per_million", "peak_rss_mb"} <= results[name].keys()
     for name in ("streamwatch", "streamwatch_labels"):
         assert results[name]["events_per_s"] > 0
@@ -269,7 +275,7 @@ def test_the_throughput_benchmark_measures_what_the_readme_shows(tmp_path: Path)
 
     shown = README[README.index("## Performance") :]
     assert first_cells(table.read_text()) == first_cells(shown)
-    assert len(first_cells(shown)) == 6
+    assert len(first_cells(shown)) == 7
 
 
 def test_the_rules_test_as_the_readme_shows_it() -> None:

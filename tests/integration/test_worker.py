@@ -146,6 +146,43 @@ def test_sigterm_mid_run_then_restart_counts_every_event_once(
     assert _stopped_after(second.output()) == remaining
 
 
+def test_a_restart_on_partitions_read_to_their_end_applies_the_labels_that_come_later(
+    topics: Topics, workers: Workers
+) -> None:
+    """Late labels after a restart: the predictions partitions were read to their end
+    before it, so the new consumer has no position on them until something new comes. They
+    must count as caught up (no lag, idle), not as a whole partition behind, which held
+    every label back for good."""
+    topics.create(partitions=2)
+    produce(topics.bootstrap, topics.predictions, stream(0, 400, seed=3))
+    # held labels whose predictions do not come go on after 2 s (not 10 min)
+    config = worker_config(
+        topics,
+        free_port(),
+        event_time={"idle_seconds": 1},
+        labels={"early_hold_idle_seconds": 2},
+    )
+    first = workers(config).start()
+    first.wait_for(lambda: first.sample(PRED, topic=topics.predictions, model="fraud") == 400)
+    assert first.stop() == 0
+
+    produce(topics.bootstrap, topics.labels, [label(i) for i in range(100)])
+    second = workers(config).start()
+    # the predictions they belong to were in the first worker's memory: unmatched here
+    second.wait_for(lambda: second.sample("streamwatch_labels_unmatched_total") == 100, 60)
+    assert second.sample("streamwatch_events_waiting", topic=topics.labels) == 0
+
+    def caught_up() -> bool:  # both predictions partitions: exported, and no lag
+        lags = {
+            dict(labels)["partition"]: value
+            for (name, labels), value in second.metrics().items()
+            if name == "streamwatch_consumer_lag" and dict(labels)["topic"] == topics.predictions
+        }
+        return lags == {"0": 0.0, "1": 0.0}
+
+    second.wait_for(caught_up, timeout=30)
+
+
 def _text_headers(headers: object) -> dict[str, str]:
     assert isinstance(headers, list)
     return {k: v.decode() for k, v in headers}

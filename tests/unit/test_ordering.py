@@ -107,6 +107,21 @@ def test_a_silent_partition_with_nothing_to_read_stops_holding_the_others() -> N
     assert [r.timestamp for r in o.release(now=7.5, lags={})[0]] == [20.0]
 
 
+def test_stage_2_lanes_are_idle_only_when_reported_idle() -> None:
+    """Repartition's stage 2 hears of a lane through progress reports, which come late
+    under load: a lane not heard from for a while still holds the others back, until its
+    stage 1 says it is idle; the order says which lane holds it."""
+    o = EventOrder(P, L, 0.0, 1.0, 10**6, newest_from_records=False)
+    o.assign([(P, 0), (P, 1)], now=0.0)
+    o.progress((P, 0), 20.0, False, now=0.0)
+    o.progress((P, 1), 5.0, False, now=0.0)
+    o.add([pred(1, 10.0, 0)], [], now=0.0)
+    assert o.release(now=100.0) == ([], [])  # lane 1 silent for 100 s: still waited for
+    assert o.holding_back() == [((P, 1), 5.0)]
+    o.progress((P, 1), None, True, now=100.0)
+    assert [r.timestamp for r in o.release(now=100.0)[0]] == [10.0]
+
+
 def test_a_record_more_out_of_order_than_allowed_is_applied_and_counted() -> None:
     o = order(reorder=1.0)
     o.add([pred(1, 10.0, 0), pred(2, 20.0, 0)], [], now=0.0)
