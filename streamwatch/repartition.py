@@ -220,24 +220,37 @@ class Router:
         keys: list[int] = []
         times: list[float] = []
         routes: list[int] = []
+        unreadable = 0
         for k, value in entries.items():
             kind, key = k[:1], int.from_bytes(k[1:], "big")
-            if kind == ROUTE:
-                route, at = ROUTE_VALUE.unpack(value)
-                keys.append(key)
-                routes.append(route)
-                times.append(at)
-            elif kind == HELD:
-                held = orjson.loads(value)
-                message = Record(
-                    self.labels_topic,
-                    _bytes(held["value"]),
-                    _bytes(held["key"]),
-                    partition,
-                    int(held["offset"]),
-                    [(k, _bytes(v)) for k, v in held["headers"]],
-                )
-                self._hold(key, message, partition, int(held["offset"]), float(held["time"]), now)
+            try:
+                if kind == ROUTE:
+                    route, at = ROUTE_VALUE.unpack(value)
+                    keys.append(key)
+                    routes.append(route)
+                    times.append(at)
+                elif kind == HELD:
+                    held = orjson.loads(value)
+                    offset = int(held["offset"])
+                    message = Record(
+                        self.labels_topic,
+                        _bytes(held["value"]),
+                        _bytes(held["key"]),
+                        partition,
+                        offset,
+                        [(name, _bytes(v)) for name, v in held["headers"]],
+                    )
+                    self._hold(key, message, partition, offset, float(held["time"]), now)
+                else:
+                    unreadable += 1
+            except (struct.error, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                unreadable += 1  # not what stage 1 writes: the state it stood for is lost
+        if unreadable:
+            log.warning(
+                "changelog partition %d: %d entries not written by streamwatch, skipped",
+                partition,
+                unreadable,
+            )
         if keys:
             self.routes.add_many(
                 keys,

@@ -159,3 +159,15 @@ def test_routes_past_the_ttl_leave_the_changelog_too() -> None:
     routed(router, [], [label(9, 10.0 + 3601.0, 2)])  # the TTL is 3,600 s of label time
     deleted = [(p, k) for p, k, v in router.take_changes() if v is None]
     assert (2, b"r" + id_hash("p1").to_bytes(8, "big")) in deleted
+
+
+def test_a_changelog_entry_streamwatch_did_not_write_is_skipped_not_a_crash() -> None:
+    router = Router(SETTINGS, 4, L)
+    key = id_hash("p1").to_bytes(8, "big")
+    router.restore(
+        0,
+        {b"r" + key: b"\x00", b"h" + key: b"not json", b"x" + key: b"?", b"r" + key[::-1]: b"1"},
+        0.0,
+    )
+    assert len(router.routes) == 0
+    assert router.holding == 0
