@@ -176,14 +176,14 @@ class EventOrder:
         order does not move."""
         out: list[tuple[Key, float | None]] = []
         for topic in self.topics:
-            bound = [
-                (key, state.newest)
+            bound = {
+                key: state.newest
                 for key, state in self.partitions.items()
                 if key[0] == topic and not state.idle
-            ]
-            if bound:
-                low = min(-1e300 if newest is None else newest for _, newest in bound)
-                out += [b for b in bound if (-1e300 if b[1] is None else b[1]) == low]
+            }
+            if bound:  # nothing read yet (None) holds back most
+                low = min(bound.values(), key=lambda t: float("-inf") if t is None else t)
+                out += [(key, newest) for key, newest in bound.items() if newest == low]
         return out
 
     def flush(self) -> tuple[list[Prediction], list[Label]]:

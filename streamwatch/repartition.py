@@ -295,7 +295,7 @@ def _held_value(message: RawMessage, at: float) -> bytes:
             "time": at,
             "key": _text(message.key()),
             "value": _text(message.value()),
-            "headers": [[k, _text(v if isinstance(v, bytes) else None)] for k, v in pairs],
+            "headers": [[k, _text(v.encode() if isinstance(v, str) else v)] for k, v in pairs],
         }
     )
 
@@ -317,7 +317,18 @@ class EngineLink:
         self.settings = settings
         config = settings.kafka.librdkafka()
         self._admin_config = config
-        self._producer = Producer({**config, "enable.idempotence": True, "linger.ms": 5})
+        # the largest message the contract admits must fit, forwarded (plus a header) and,
+        # for a held label, in the changelog (base64 in JSON): librdkafka refuses a message
+        # over message.max.bytes (1 MB by default) by raising, the broker by failing it
+        self.max_bytes = 2 * settings.contract.max_message_bytes + 65_536
+        self._producer = Producer(
+            {
+                **config,
+                "enable.idempotence": True,
+                "linger.ms": 5,
+                "message.max.bytes": self.max_bytes,
+            }
+        )
         self._consumer = Consumer(
             {
                 **config,
@@ -339,8 +350,9 @@ class EngineLink:
         """Create the internal topic and stage 1's changelog (as many partitions as the
         input topics), or check the ones there."""
         retention = int(self.settings.engine.retention_hours * 3_600_000)
-        self._ensure(self.topic, partitions, {"retention.ms": str(retention)}, timeout)
-        self._ensure(self.changelog, partitions, {"cleanup.policy": "compact"}, timeout)
+        size = {"max.message.bytes": str(self.max_bytes)}
+        self._ensure(self.topic, partitions, {"retention.ms": str(retention), **size}, timeout)
+        self._ensure(self.changelog, partitions, {"cleanup.policy": "compact", **size}, timeout)
         self.partitions = partitions
 
     def _ensure(self, topic: str, partitions: int, config: dict[str, str], timeout: float) -> None:

@@ -237,15 +237,18 @@ def _samples(port: int, *names: str) -> dict[str, float]:
     return out
 
 
-def _sum_samples(port: int, name: str, label: str) -> float:
-    """The sum of a series over the label sets that contain ``label``, from a whole scrape
-    (the engine's series come from a collector, which the ``name[]`` filter leaves out)."""
+def _applied(port: int) -> float:
+    """Predictions and labels the engine applied (repartition's stage 2), from one whole
+    scrape: the engine's series come from a collector, which the ``name[]`` filter does not
+    spare (prometheus_client runs every collector without names on a filtered scrape too)."""
     status, text = _get(f"http://127.0.0.1:{port}/metrics")
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if status == 200 and line.startswith(name + "{") and label in line
-    )
+    total = 0.0
+    for line in text.splitlines() if status == 200 else []:
+        if line.startswith("streamwatch_predictions_total{") or (
+            line.startswith("streamwatch_labelled_events_total{") and 'slice="__all__"' in line
+        ):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 def _max_sample(port: int, name: str, label: str) -> float:
@@ -346,11 +349,7 @@ class Workers:
         """Messages done with: counted as read (one engine per worker), or as the engine
         applies them (repartition: stage 1 counts them as it forwards them)."""
         if self.mode == "repartition":
-            return sum(
-                _sum_samples(port, "streamwatch_predictions_total", "")
-                + _sum_samples(port, "streamwatch_labelled_events_total", 'slice="__all__"')
-                for port in self.ports
-            )
+            return sum(_applied(port) for port in self.ports)
         return sum(
             _samples(port, "streamwatch_events_total").get("streamwatch_events_total", 0.0)
             for port in self.ports

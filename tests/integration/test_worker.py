@@ -183,6 +183,40 @@ def test_a_restart_on_partitions_read_to_their_end_applies_the_labels_that_come_
     second.wait_for(caught_up, timeout=30)
 
 
+def test_repartition_carries_the_largest_messages_the_contract_admits(
+    topics: Topics, workers: Workers
+) -> None:
+    """A valid prediction just under contract.max_message_bytes (an unknown field pads it),
+    and a 900 KB label that comes before it and is held in stage 1's changelog (base64 in
+    JSON): both are forwarded and joined. librdkafka refuses a message over its 1 MB
+    message.max.bytes by raising, which stopped the worker."""
+    topics.create(partitions=1)
+    big = {**prediction(50), "pad": "x" * 1_040_000}
+    early = {"prediction_id": "p50", "label": True, "timestamp": T0_MS + 110_000}
+    produce(
+        topics.bootstrap, topics.labels, [(b"p50", orjson.dumps({**early, "pad": "y" * 900_000}))]
+    )
+    produce(
+        topics.bootstrap,
+        topics.predictions,
+        [*stream(0, 50, seed=4), (b"p50", orjson.dumps(big))],
+        message_max_bytes=2_000_000,
+    )
+    config = worker_config(
+        topics, free_port(), engine={"mode": "repartition"}, event_time={"idle_seconds": 1}
+    )
+    w = workers(config).start()
+    version = {"model": "fraud", "model_version": "v1"}
+    w.wait_for(lambda: w.sample("streamwatch_predictions_total", **version) == 51, 90)
+    w.wait_for(
+        lambda: w.sample("streamwatch_labelled_events_total", **version, slice="__all__") == 1, 60
+    )
+    assert (
+        w.sample("streamwatch_events_invalid_total", topic=topics.predictions, reason="too_large")
+        == 0
+    )
+
+
 def _text_headers(headers: object) -> dict[str, str]:
     assert isinstance(headers, list)
     return {k: v.decode() for k, v in headers}
