@@ -2,15 +2,19 @@
 
 ::
 
-  Kafka: predictions ─┐                                  ┌─> dead-letter topic, counter
-  Kafka: labels ──────┴─> source ─> decode ─> admission ─┬┘   (contract, limits, event time)
-                                                         └─> records ─┬─> monitor ──┐
-                                                                      │   (drift)   ├─> exporter
-                                                                      └─> quality ──┘   (endpoint)
-                                                                          (join, scores)
+  Kafka: predictions ─┐   (or recorded: the demo's stream, replay's files)
+  Kafka: labels ──────┴─> source ─> decode ─> admission ─┬─> dead-letter topic, counter
+                                                         │   (contract, limits, event time)
+                                                         └─> event order ─> version cap ─┐
+     (one order, whatever the partitioning)                                              │
+                             ┌───────────────────────────────────────────────────────────┘
+                             ├─> monitor (drift) ──────────────┬─> exporter (endpoint)
+                             └─> quality (join, scores) ───────┘
 
+  the loop (loop.py) runs the stages on every source; pipeline.py holds them
   beside the loop: worker (offsets stored after a batch; checkpoint = flush dead letters,
-  then commit; paused while dead letters are not acknowledged)
+  then commit; paused while dead letters are not acknowledged), repartition (one engine
+  across workers)
   at the edges: config, errors, cli
 """
 
@@ -32,8 +36,9 @@ from streamwatch.exporter import (
     Telemetry,
 )
 from streamwatch.monitor import Monitor
+from streamwatch.pipeline import Pipeline
 from streamwatch.quality import Quality
-from streamwatch.worker import Pipeline, Worker
+from streamwatch.worker import Worker
 
 
 @dataclass

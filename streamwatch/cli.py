@@ -323,14 +323,21 @@ def _replay(args: argparse.Namespace) -> int:
         f" -> {args.out / 'alarms.json'}, "
         f"{args.out / 'timeline.csv'}"
     )
-    first: dict[tuple[str, ...], int] = {}
+    if result.out_of_order or result.forced:
+        print(
+            f"  {result.out_of_order:,} records more out of order than "
+            f"event_time.reorder_seconds and {result.forced:,} forced out by "
+            f"event_time.max_waiting_events were applied late, as a live worker would"
+        )
+    first: dict[tuple[str, ...], tuple[int, int]] = {}
     for a in result.alarms:
         where = "" if a.slice == "__all__" else f" in {a.slice}"
         key = (a.model, a.model_version, where, a.signal, a.feature, a.detector)
-        first.setdefault(key, a.offset)
-    for (model, version, where, kind, feature, detector), index in first.items():
+        first.setdefault(key, (result.event_index[a.offset], a.offset))
+    for (model, version, where, kind, feature, detector), (index, line) in first.items():
         print(
-            f"  first alarm {model} {version}{where} {kind}={feature} {detector} at event {index:,}"
+            f"  first alarm {model} {version}{where} {kind}={feature} {detector} at event "
+            f"{index:,} (line {line:,})"
         )
     return 0
 

@@ -1,8 +1,8 @@
 """The demo: the pipeline on a built-in simulated production stream.
 
-Without a broker it feeds the stream straight into the pipeline (decode → monitor →
-exporter). With ``bootstrap_servers`` it produces the stream into Kafka and consumes it back
-through the real worker.
+Without a broker it reads the stream through the one loop (:mod:`streamwatch.loop`), as
+partition 0 of each topic. With ``bootstrap_servers`` it produces the stream into Kafka and
+consumes it back through the real worker.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from itertools import islice
 
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
@@ -20,7 +19,9 @@ from confluent_kafka.cimpl import NewTopic
 
 from streamwatch.app import App
 from streamwatch.config import Settings
+from streamwatch.loop import Loop
 from streamwatch.progress import Progress
+from streamwatch.recorded import RecordedSource
 from streamwatch.records import Record
 from streamwatch.simulation import START_SECONDS, Scenario
 
@@ -34,10 +35,13 @@ class DemoResult:
     quality: list[str]  # lines about labels and quality
 
 
-def _batches(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
-    it = iter(records)
-    while batch := list(islice(it, size)):
-        yield batch
+def _numbered(records: Iterable[Record]) -> Iterator[Record]:
+    """Each record with the offset Kafka would give it (partition 0 of its topic)."""
+    offsets: dict[str, int] = {}
+    for r in records:
+        offset = offsets.get(r.topic(), 0)
+        offsets[r.topic()] = offset + 1
+        yield Record(r.topic(), r.value(), r.key(), 0, offset)
 
 
 def _total(scenario: Scenario) -> int:
@@ -46,18 +50,15 @@ def _total(scenario: Scenario) -> int:
 
 
 def run_in_memory(app: App, scenario: Scenario) -> DemoResult:
+    """The scenario through the one loop, as partition 0 of each topic."""
+    topics = (app.settings.topics.predictions, app.settings.topics.labels)
+    stream = _numbered(scenario.records())
+    source = RecordedSource(topics, [(stream, [(topics[0], 0), (topics[1], 0)])])
+    loop = Loop(source, app.pipeline, None, app.settings.event_time.align_seconds)
     progress = Progress(_total(scenario), "demo")
-    offsets: dict[str, int] = {}
-    for batch in _batches(scenario.records(), app.settings.worker.batch_size):
-        numbered = []
-        for r in batch:  # give each record the offset Kafka would have given it
-            offset = offsets.get(r.topic(), 0)
-            offsets[r.topic()] = offset + 1
-            numbered.append(Record(r.topic(), r.value(), r.key(), 0, offset))
-        with app.pipeline.telemetry.batch_duration.time():
-            app.pipeline.process(numbered, None)
-        progress.update(app.pipeline.processed)
-    app.pipeline.drain()  # the stream ends: what waits for later records is applied now
+    loop.run_to_end(
+        app.settings.worker.batch_size, lambda _: progress.update(app.pipeline.processed)
+    )
     progress.close()
     return _result(app)
 

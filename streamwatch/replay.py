@@ -1,16 +1,17 @@
-"""Replay: the worker's pipeline over recorded JSONL files, in event-time order.
+"""Replay: recorded JSONL files through the worker's own loop.
 
-Every line is one message value, exactly as it would arrive on the topic (the file is a
-partition, in arrival order). Lines go through the worker's own stages
-(:class:`streamwatch.worker.Pipeline`): the same decoding and admission (event-time bounds,
-in file order, as the worker admits in arrival order), the same version cap, monitor and
-quality side. Admitted predictions are then sorted by event time (stable) and applied in
-micro-batches of ``worker.batch_size``; labels join as the worker would, each once the
-replay has reached its timestamp. The output folder gets:
+Every line is one message value, exactly as it would arrive on the topic: each file is
+partition 0 of its topic, in arrival order, offset = line number. They are read through the
+one loop (:mod:`streamwatch.loop`), as a worker reads Kafka: the same decoding and admission,
+the same dead-letter reasons (counted here), the topics read in step by event time
+(``event_time.align_seconds``; replay always aligns, with 0 when it is off), the same event
+order, version cap, monitor and quality side. So replay raises the alarms a live worker
+raises on the same messages, and a record more out of order than
+``event_time.reorder_seconds`` is late here as it is there. The output folder gets:
 
 * ``alarms.json``: every alarm, drift and concept (quality), with its event time, event
-  index (position in event-time order), line number, model, version, slice, signal,
-  feature, detector, and for drift alarms the statistic and threshold;
+  index (position among the predictions in their one order), line number, model, version,
+  slice, signal, feature, detector, and for drift alarms the statistic and threshold;
 * ``timeline.csv``: every exported score and detector ratio, every ``every`` events, and
   with labels the quality scores (``signal="quality"``) and their estimates.
 """
@@ -19,20 +20,35 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import Counter
+
 from streamwatch.app import build
 from streamwatch.config import Settings
+from streamwatch.loop import Loop
 from streamwatch.monitor import Monitor
-from streamwatch.ordering import order_key
+from streamwatch.pipeline import Outcome
 from streamwatch.progress import Progress
 from streamwatch.quality import Quality
-from streamwatch.records import Alarm, ConceptAlarm, Label, Prediction, Record
-from streamwatch.worker import Decoded, Outcome, Pipeline
+from streamwatch.recorded import RecordedSource, file_messages
+from streamwatch.records import Alarm, ConceptAlarm
+
+TIMELINE_COLUMNS = [
+    "event_index",
+    "event_time",
+    "model",
+    "model_version",
+    "slice",
+    "signal",
+    "feature",
+    "window",
+    "statistic",
+    "value",
+]
 
 
 @dataclass
@@ -42,40 +58,13 @@ class ReplayResult:
     rejected: dict[str, int] = field(default_factory=dict)
     alarms: list[Alarm] = field(default_factory=list)
     concept_alarms: list[ConceptAlarm] = field(default_factory=list)
-    lines: dict[int, int] = field(default_factory=dict)  # event index -> line number
+    event_index: dict[int, int] = field(default_factory=dict)  # alarmed line -> event index
+    out_of_order: int = 0  # applied late: more out of order than event_time.reorder_seconds
+    forced: int = 0  # applied early: forced out by event_time.max_waiting_events
 
 
 def _iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
-
-
-def _records(path: Path, topic: str) -> Iterator[Record]:
-    """The file's lines as messages of partition 0, offset = line number."""
-    with path.open("rb") as f:
-        for number, line in enumerate(f, 1):
-            line = line.rstrip(b"\r\n")
-            if line.strip():
-                yield Record(topic, line, None, 0, number)
-
-
-def _decode(pipeline: Pipeline, path: Path, topic: str, batch: int) -> Decoded:
-    """Decode and admit a whole file, in arrival order, batch by batch."""
-    predictions: list[Prediction] = []
-    labels: list[Label] = []
-    rejected = []
-    chunk: list[Record] = []
-    for record in _records(path, topic):
-        chunk.append(record)
-        if len(chunk) == batch:
-            decoded = pipeline.decode(chunk)
-            predictions += decoded.predictions
-            labels += decoded.labels
-            rejected += decoded.rejected
-            chunk = []
-    decoded = pipeline.decode(chunk)
-    return Decoded(
-        predictions + decoded.predictions, labels + decoded.labels, rejected + decoded.rejected
-    )
 
 
 def run(
@@ -85,98 +74,63 @@ def run(
     every: int = 1000,
     timeline: Path | None = None,
 ) -> ReplayResult:
-    """Replay files through the worker's pipeline; write the timeline CSV if a path is given."""
+    """Replay files through the worker's loop; write the timeline CSV if a path is given."""
     pipeline = build(settings).pipeline
-    batch = settings.worker.batch_size
-    result = ReplayResult()
-    read = _decode(pipeline, predictions, settings.topics.predictions, batch)
-    rejected = list(read.rejected)
-    label_records: list[Label] = []
+    topics = (settings.topics.predictions, settings.topics.labels)
+    read = [0]  # bytes read, for the progress bar
+    streams = [(file_messages(predictions, topics[0], read), [(topics[0], 0)])]
+    size = predictions.stat().st_size
     if labels is not None:
-        label_read = _decode(pipeline, labels, settings.topics.labels, batch)
-        rejected += label_read.rejected
-        label_records = sorted(label_read.labels, key=order_key)
-        result.labels = len(label_records)
-    for r in rejected:
-        result.rejected[r.reason] = result.rejected.get(r.reason, 0) + 1
-    events: list[Prediction] = []
-    # A file is one partition in arrival order, but replay has it all: it sorts it in the
-    # one order the worker's event order releases, so no record is out of order here.
-    for index, record in enumerate(sorted(read.predictions, key=order_key)):
-        # offsets in that order: the event index of every alarm
-        events.append(
-            Prediction(
-                record.prediction_id,
-                record.model,
-                record.model_version,
-                record.timestamp,
-                record.features,
-                record.prediction,
-                record.scores,
-                record.predicted_label,
-                record.attributes,
-                0,
-                index,
-            )
-        )
-        result.lines[index] = record.offset
-    result.predictions = len(events)
-    writer = None
+        streams.append((file_messages(labels, topics[1], read), [(topics[1], 0)]))
+        size += labels.stat().st_size
+    source = RecordedSource(topics, streams)
+    loop = Loop(source, pipeline, None, settings.event_time.align_seconds or 0.0)
+    result = ReplayResult()
     out = timeline.open("w", newline="") if timeline else None
-    if out is not None:
-        writer = csv.writer(out)
-        writer.writerow(
-            [
-                "event_index",
-                "event_time",
-                "model",
-                "model_version",
-                "slice",
-                "signal",
-                "feature",
-                "window",
-                "statistic",
-                "value",
-            ]
-        )
-    progress = Progress(len(events), "replaying")
-    next_row, next_label = every, 0
+    writer = None if out is None else csv.writer(out)
+    if writer is not None:
+        writer.writerow(TIMELINE_COLUMNS)
+    progress = Progress(size, "replaying (bytes)")
+    next_row, written, newest = every, 0, 0.0
+
+    def each(outcome: Outcome) -> None:
+        nonlocal next_row, written, newest
+        first = result.predictions
+        result.predictions += len(outcome.predictions)
+        result.labels += outcome.labels
+        for r in outcome.rejected:
+            result.rejected[r.reason] = result.rejected.get(r.reason, 0) + 1
+        if outcome.alarms:
+            index = {p.offset: first + i for i, p in enumerate(outcome.predictions)}
+            for alarm in outcome.alarms:
+                result.event_index[alarm.offset] = index[alarm.offset]
+        result.alarms += outcome.alarms
+        result.concept_alarms += outcome.concept_alarms
+        done = result.predictions
+        if outcome.predictions:
+            newest = outcome.predictions[-1].timestamp
+        if writer is not None and done >= next_row:
+            _timeline_rows(writer, pipeline.monitor, pipeline.quality, done, newest)
+            next_row, written = done + every, done
+        progress.update(read[0])
+
     try:
-        # the rejected messages are counted (and type errors seen) with the first batch
-        pipeline.reject(rejected, None)
-        outcome = pipeline.apply(Decoded([], [], rejected))
-        for start in range(0, len(events), batch):
-            chunk = events[start : start + batch]
-            # through the worker's event order, as a partition of each topic; the labels
-            # read up to this batch's newest prediction, as the alignment reads them
-            newest = chunk[-1].timestamp
-            end = next_label
-            while end < len(label_records) and label_records[end].timestamp <= newest:
-                end += 1
-            pipeline.order.add(chunk, label_records[next_label:end], 0.0)
-            outcome = pipeline.apply(Decoded(*pipeline.order.release(0.0), []))
-            if start + len(chunk) == len(events):  # the end: the rest, and every label
-                pipeline.order.add([], label_records[end:], 0.0)
-                end = len(label_records)
-                drained = pipeline.drain()
-                outcome = Outcome(
-                    [],
-                    outcome.alarms + drained.alarms,
-                    outcome.concept_alarms + drained.concept_alarms,
-                )
-            result.alarms += outcome.alarms
-            result.concept_alarms += outcome.concept_alarms
-            next_label = end
-            done = start + len(chunk)
-            if writer is not None and (done >= next_row or done == len(events)):
-                _timeline_rows(writer, pipeline.monitor, pipeline.quality, done, newest)
-                next_row = done + every
-            progress.update(done)
+        loop.run_to_end(settings.worker.batch_size, each)
+        if writer is not None and written < result.predictions:  # the end of the stream
+            _timeline_rows(writer, pipeline.monitor, pipeline.quality, result.predictions, newest)
+        result.out_of_order = _total(pipeline.telemetry.out_of_order)
+        result.forced = _total(pipeline.telemetry.forced)
     finally:
         progress.close()
         if out is not None:
             out.close()
     return result
+
+
+def _total(counter: Counter) -> int:
+    """A counter's sum over its label sets."""
+    samples = (s for m in counter.collect() for s in m.samples)
+    return int(sum(s.value for s in samples if s.name.endswith("_total")))
 
 
 def _timeline_rows(
@@ -214,8 +168,8 @@ def write_alarms(result: ReplayResult, path: Path) -> None:
     rows: list[dict[str, Any]] = [
         {
             "event_time": _iso(a.event_time),
-            "event_index": a.offset,
-            "line": result.lines.get(a.offset),
+            "event_index": result.event_index.get(a.offset),
+            "line": a.offset,
             "model": a.model,
             "model_version": a.model_version,
             "slice": a.slice,

@@ -1,4 +1,7 @@
-"""Source: the Kafka consumer of the predictions and labels topics.
+"""Source: where messages come from. :class:`Source` is what the one loop
+(:mod:`streamwatch.loop`) reads; :class:`KafkaSource` is the consumer of the predictions and
+labels topics, and :class:`streamwatch.recorded.RecordedSource` the finite streams of the demo
+and of replay.
 
 At-least-once by construction: offsets are *stored* only after a batch's effects are
 applied (``enable.auto.offset.store=false``) and *committed* only by the worker's checkpoint
@@ -6,7 +9,7 @@ applied (``enable.auto.offset.store=false``) and *committed* only by the worker'
 
 Commits are asynchronous: a synchronous commit blocks while the group coordinator is away
 (45 s, then an exception, in a broker outage). Their results arrive through ``on_commit``;
-:attr:`Source.commit_error` holds the last failure until a commit succeeds, which the
+:attr:`KafkaSource.commit_error` holds the last failure until a commit succeeds, which the
 worker reports as not ready. Offsets that failed to commit stay stored and go out with the
 next commit.
 
@@ -18,13 +21,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from streamwatch.config import Settings
 from streamwatch.errors import KafkaSetupError
+from streamwatch.records import RawMessage
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +46,43 @@ DEFAULTS = {
 }
 
 Rebalance = Callable[[list[TopicPartition]], None]
+Key = tuple[str, int]  # (topic, partition)
+
+
+class Source(Protocol):
+    """Partitions of the predictions and labels topics, read in micro-batches."""
+
+    topics: tuple[str, str]  # (predictions, labels)
+
+    @property
+    def partitions(self) -> list[Key]:
+        """The partitions read now (a consumer's assignment)."""
+        ...
+
+    def consume(self, max_messages: int, timeout: float) -> Sequence[RawMessage]:
+        """Up to ``max_messages`` from the partitions not paused, each in its order."""
+        ...
+
+    def lag(self) -> dict[Key, int]:
+        """Messages left to read per partition (a partition left out: unknown)."""
+        ...
+
+    def ended(self) -> set[Key]:
+        """Partitions that will never send another message (a finite stream read to its end;
+        a Kafka partition never ends)."""
+        ...
+
+    def pause(self, partitions: Iterable[Key] | None = None) -> None:
+        """Stop reading these partitions (all, given None) until resumed."""
+        ...
+
+    def resume(self, partitions: Iterable[Key] | None = None) -> None:
+        """Read these partitions (all, given None) again."""
+        ...
+
+    def store_offsets(self, offsets: Mapping[Key, int]) -> None:
+        """Mark how far each partition is applied (the next offset to read)."""
+        ...
 
 
 def consumer_config(settings: Settings) -> dict[str, Any]:
@@ -65,7 +106,7 @@ def check_properties(settings: Settings) -> str | None:
     return None
 
 
-class Source:
+class KafkaSource:
     """Consumes both topics in micro-batches and keeps track of offsets to store."""
 
     def __init__(
@@ -87,7 +128,7 @@ class Source:
         self.unreachable: str | None = None  # set while every broker is down
         # per assigned partition, where reading starts (its committed offset, else the log's
         # start): its lag before a first message is consumed, when the position is unknown
-        self._origin: dict[tuple[str, int], int] = {}
+        self._origin: dict[Key, int] = {}
         self._origin_retry = 0.0
 
     def check_topics(self) -> dict[str, int]:
@@ -130,6 +171,13 @@ class Source:
         self._consumer.subscribe(
             list(self.topics), on_assign=assign, on_revoke=revoke, on_lost=lost
         )
+
+    @property
+    def partitions(self) -> list[Key]:
+        return [(tp.topic, tp.partition) for tp in self.assignment]
+
+    def ended(self) -> set[Key]:
+        return set()
 
     def consume(self, max_messages: int, timeout: float) -> list[Message]:
         """A batch of data messages. Error events are logged, or raised when fatal."""
@@ -174,7 +222,7 @@ class Source:
             self._logged[error.code()] = now
             log.warning("consumer error (retrying): %s", error)
 
-    def store_offsets(self, offsets: Mapping[tuple[str, int], int]) -> None:
+    def store_offsets(self, offsets: Mapping[Key, int]) -> None:
         """Mark how far each partition is applied (the next offset to read), for the next
         commit."""
         self._consumer.store_offsets(
@@ -222,24 +270,24 @@ class Source:
             self._consumer.poll(0.1)  # serves callbacks; paused partitions yield nothing
         return self.commits_in_flight == 0 and self.commit_error is None
 
-    def pause(self, partitions: Iterable[tuple[str, int]] | None = None) -> None:
+    def pause(self, partitions: Iterable[Key] | None = None) -> None:
         """Pause every assigned partition, or the given ones."""
         chosen = self._partitions(partitions)
         if chosen:
             self._consumer.pause(chosen)
 
-    def resume(self, partitions: Iterable[tuple[str, int]] | None = None) -> None:
+    def resume(self, partitions: Iterable[Key] | None = None) -> None:
         """Resume every assigned partition, or the given ones."""
         chosen = self._partitions(partitions)
         if chosen:
             self._consumer.resume(chosen)
 
-    def _partitions(self, keys: Iterable[tuple[str, int]] | None) -> list[TopicPartition]:
+    def _partitions(self, keys: Iterable[Key] | None) -> list[TopicPartition]:
         if keys is None:
             return self.assignment
         return [TopicPartition(topic, partition) for topic, partition in keys]
 
-    def uncommitted(self) -> dict[tuple[str, int], int]:
+    def uncommitted(self) -> dict[Key, int]:
         """Per assigned partition, the next offset a restart would read from: what will be
         re-read if the last commits did not go through."""
         try:
@@ -248,7 +296,7 @@ class Source:
             return {}
         return {(tp.topic, tp.partition): tp.offset for tp in committed}
 
-    def lag(self) -> dict[tuple[str, int], int]:
+    def lag(self) -> dict[Key, int]:
         """Messages behind the end of each assigned partition (from cached watermarks); a
         partition not fetched yet has no known end and is left out. Before a partition's
         first message is consumed its position is unknown: the lag counts from where

@@ -1,15 +1,9 @@
-"""Worker: the consume → decode → admit → monitor → store loop, with checkpoints and rebalances.
+"""Worker: a consumer-group member running the one loop on Kafka, with checkpoints and rebalances.
 
-One iteration::
-
-    consume a batch (short timeout, so a stop request is seen within a second)
-    decode every message, then admit it (event-time bounds);
-    rejections → dead-letter producer + invalid counter
-    admitted records wait in the event order (streamwatch/ordering) until every owned
-    partition has passed their event time; those released, in (event time, id) order,
-    go through the model-version cap to the monitor and the quality side
-    store the offsets up to the first record still waiting
-    pause the partitions that run ahead of the other topic in event time (alignment)
+Each iteration is a :meth:`streamwatch.loop.Loop.step` on the Kafka source (consume with a
+short timeout, so a stop request is seen within a second; decode, admit, order, apply; store
+the offsets; read the topics in step), then a checkpoint when one is due. With
+``engine.mode: repartition`` it is stage 1 and stage 2 of :mod:`streamwatch.repartition`.
 
 A checkpoint, every ``worker.commit_interval_seconds``, on revoke and at shutdown, runs in
 this order, and a later step never runs if an earlier one failed:
@@ -31,364 +25,21 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 
-from confluent_kafka import KafkaException, Message, TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
 
-from streamwatch.admission import EventClock, VersionCap
-from streamwatch.alignment import Alignment
 from streamwatch.config import Settings
 from streamwatch.deadletter import DeadLetters
-from streamwatch.decode import Decoder
 from streamwatch.errors import ConfigError, ConfigProblem, KafkaSetupError
-from streamwatch.exporter import Health, Telemetry
-from streamwatch.monitor import Monitor
-from streamwatch.ordering import EventOrder, Key
-from streamwatch.quality import Quality
-from streamwatch.records import (
-    Alarm,
-    AlarmKey,
-    ConceptAlarm,
-    Label,
-    Prediction,
-    RawMessage,
-    Rejection,
-)
-from streamwatch.repartition import (
-    SOURCE_HEADER,
-    EngineLink,
-    Router,
-    parse_source,
-)
-from streamwatch.source import Source
+from streamwatch.exporter import Health
+from streamwatch.loop import Loop
+from streamwatch.pipeline import Pipeline
+from streamwatch.records import RawMessage
+from streamwatch.repartition import EngineLink, Router
+from streamwatch.source import KafkaSource, Key
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Decoded:
-    """A batch after decoding and admission: valid records, and the rejected messages."""
-
-    predictions: list[Prediction]
-    labels: list[Label]
-    rejected: list[Rejection]
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What one batch produced besides its counts."""
-
-    rejected: list[Rejection]
-    alarms: list[Alarm]
-    concept_alarms: list[ConceptAlarm]
-
-
-class Pipeline:
-    """The stages after the source, shared by the Kafka worker, the in-memory demo and
-    replay: :meth:`decode` (decoder, then admission), :meth:`reject` (dead letters and
-    counters), the event order, then :meth:`apply` (the version cap, the monitor, the
-    quality side) on what the order releases. :meth:`process` runs them on one batch."""
-
-    def __init__(
-        self, settings: Settings, monitor: Monitor, quality: Quality, telemetry: Telemetry
-    ) -> None:
-        self.settings = settings
-        self.topics = settings.topics
-        self.decoder = Decoder(settings)
-        self.clock = EventClock(settings)
-        self.versions = VersionCap(settings)
-        self.monitor = monitor
-        self.quality = quality
-        self.telemetry = telemetry
-        self.order = self._new_order(newest_from_records=True)
-        self.processed = 0
-        self.held_by_router = 0  # repartition: labels stage 1 holds for their prediction
-        self.source_partitions = 1  # repartition: of each input topic (lanes)
-        # repartition: stage 1 counts the events it forwards (once), stage 2 does not (it
-        # applies them again when it rebuilds); rebuilding: stage 2 is catching up
-        self.count_events = True
-        self.rebuilding = False
-        self._announced: set[AlarmKey] = set()
-        self._moved_at = self._stall_logged = time.monotonic()  # the order's last release
-
-    def process(
-        self,
-        messages: Sequence[RawMessage],
-        dead_letters: DeadLetters | None,
-        now: float | None = None,
-        lags: Mapping[Key, int] | None = None,
-        paused: Iterable[Key] = (),
-    ) -> Outcome:
-        """One batch: decode and admit; send (given a producer) and count the rejected;
-        add the admitted to the event order; apply what it releases (``now``, ``lags`` and
-        ``paused``: see :meth:`EventOrder.release`)."""
-        decoded = self.decode(messages)
-        self.reject(decoded.rejected, dead_letters)
-        self.processed += len(messages)
-        now = time.monotonic() if now is None else now
-        self.order.add(decoded.predictions, decoded.labels, now)
-        released = self.order.release(now, lags, paused)
-        self._watch_order(len(released[0]) + len(released[1]), now)
-        outcome = self.apply(Decoded(*released, decoded.rejected))
-        self._count_order()
-        return outcome
-
-    def process_engine(
-        self,
-        messages: Sequence[Message],
-        dead_letters: DeadLetters | None,
-        now: float,
-    ) -> Outcome:
-        """Stage 2 of repartition: messages of the internal topic (records as stage 1 read
-        and admitted them, and the source partitions' progress) through the event order to
-        the engine. A lane is idle only when stage 1 reports it idle."""
-        predictions: list[Prediction] = []
-        labels: list[Label] = []
-        rejected: list[Rejection] = []
-        topics = (self.topics.predictions, self.topics.labels)
-        for m in messages:
-            # a lane: one source partition's records within one internal partition, in the
-            # order stage 1 sent them (its progress reports follow them there)
-            base = (m.partition() or 0) * self.source_partitions
-            source = parse_source(m, topics, self.source_partitions)
-            if isinstance(source, str):  # not what stage 1 sends: dead-lettered, not a crash
-                rejected.append(
-                    Rejection(
-                        m.topic() or "",
-                        m.partition() or 0,
-                        m.offset() or 0,
-                        "missing_field",
-                        source,
-                        m.value(),
-                        m.key(),
-                        m.headers(),  # type: ignore[arg-type]
-                    )
-                )
-                continue
-            (topic, partition), progress, offset = source
-            if progress is not None:
-                newest, idle = progress
-                self.order.progress((topic, base + partition), newest, idle, now)
-                continue
-            partition += base  # the lane (the join is per lane)
-            read = m.headers() or []
-            pairs = read.items() if isinstance(read, dict) else read
-            headers = [(k, v) for k, v in pairs if k != SOURCE_HEADER]
-            args = (m.value(), m.key(), headers, topic, partition, offset)
-            record = (
-                self.decoder.prediction(*args)
-                if topic == self.topics.predictions
-                else self.decoder.label(*args)
-            )
-            if isinstance(record, Rejection):  # stage 1 decoded it: another configuration
-                rejected.append(record)
-            elif isinstance(record, Prediction):
-                predictions.append(record)
-            else:
-                labels.append(record)
-        self.reject(rejected, dead_letters)
-        self.order.add(predictions, labels, now)
-        released = self.order.release(now)
-        self._watch_order(len(released[0]) + len(released[1]), now)
-        outcome = self.apply(Decoded(*released, rejected))
-        self._count_order()
-        return outcome
-
-    def reset_engine(self, internal: list[int], source_partitions: int, now: float) -> None:
-        """Stage 2 of repartition, on a change of its internal partitions: start the
-        engine afresh (it rebuilds from the start), waiting for every lane: each source
-        partition of both topics within each ``internal`` partition."""
-        self.monitor.reset()
-        self.quality.reset()
-        self.versions = VersionCap(self.settings)
-        self._announced.clear()
-        self.count_events = False
-        self.order = self._new_order(newest_from_records=False)
-        self.source_partitions = source_partitions
-        lanes = [j * source_partitions + p for j in internal for p in range(source_partitions)]
-        topics = (self.topics.predictions, self.topics.labels)
-        self.order.assign([(t, lane) for lane in lanes for t in topics], now)
-
-    def _new_order(self, newest_from_records: bool) -> EventOrder:
-        et = self.settings.event_time
-        return EventOrder(
-            self.topics.predictions,
-            self.topics.labels,
-            et.reorder_seconds,
-            et.idle_seconds,
-            et.max_waiting_events,
-            newest_from_records,
-        )
-
-    @property
-    def handled(self) -> int:
-        """Messages read and done with (applied or rejected): not those still waiting in
-        the event order, nor those left with revoked partitions (their next owner reads
-        them again). With repartition, stage 1's: forwarded or rejected."""
-        if self.order.newest_from_records:
-            return self.processed - self.order.waiting - self.order.dropped
-        return self.processed - self.held_by_router
-
-    def drain(self) -> Outcome:
-        """Apply every record still waiting (the end of a finite stream)."""
-        outcome = self.apply(Decoded(*self.order.flush(), []))
-        self._count_order()
-        return outcome
-
-    def reject(self, rejected: list[Rejection], dead_letters: DeadLetters | None) -> None:
-        """Send each rejected message to the dead-letter topic (given a producer); count it."""
-        for r in rejected:
-            if dead_letters is not None:
-                dead_letters.send(r)
-            self.telemetry.invalid.labels(r.topic, r.reason).inc()
-
-    def _watch_order(self, released: int, now: float) -> None:
-        """Log, at most every 30 s, the partitions the event order waits for when records
-        wait and none left for 30 s (a partition that neither moves nor goes idle)."""
-        if released or not self.order.waiting:
-            self._moved_at = now
-        elif now - self._moved_at >= 30.0 and now - self._stall_logged >= 30.0:
-            self._stall_logged = now
-            log.warning(
-                "event order: %d records have waited %.0fs; held back by %s",
-                self.order.waiting,
-                now - self._moved_at,
-                [f"{t}/{p} (newest {newest})" for (t, p), newest in self.order.holding_back()],
-            )
-
-    def _count_order(self) -> None:
-        t, order = self.telemetry, self.order
-        waiting: Counter[str] = Counter()
-        for key, state in order.partitions.items():
-            waiting[key[0]] += len(state.waiting)
-        for topic in order.topics:
-            t.waiting.labels(topic).set(waiting.get(topic, 0))
-            t.out_of_order.labels(topic).inc(order.late[topic])
-            t.forced.labels(topic).inc(order.forced[topic])
-            order.late[topic] = order.forced[topic] = 0
-
-    def decode(self, messages: Sequence[RawMessage]) -> Decoded:
-        """Decode each message, in arrival order, and admit it (event-time bounds)."""
-        predictions: list[Prediction] = []
-        labels: list[Label] = []
-        rejected: list[Rejection] = []
-        predictions_topic = self.topics.predictions
-        clock = self.clock
-        clock.start_batch()
-        for m in messages:
-            topic = m.topic() or ""
-            headers = m.headers()
-            if isinstance(headers, dict):
-                headers = list(headers.items())
-            partition = m.partition() or 0
-            args = (m.value(), m.key(), headers, topic, partition, m.offset() or 0)
-            record = (
-                self.decoder.prediction(*args)
-                if topic == predictions_topic
-                else self.decoder.label(*args)
-            )
-            if isinstance(record, Rejection):
-                rejected.append(record)
-                continue
-            late = clock.check(topic, partition, record.timestamp)
-            if late is not None:
-                reason, detail = late
-                rejected.append(Rejection(topic, partition, args[5], reason, detail, *args[:3]))
-            elif isinstance(record, Prediction):
-                predictions.append(record)
-            else:
-                labels.append(record)
-        return Decoded(predictions, labels, rejected)
-
-    def apply(self, decoded: Decoded) -> Outcome:
-        """Apply records in their one order (the rejected only to count type errors):
-        update the monitor and the quality side; return the alarms raised."""
-        predictions, labels, rejected = decoded.predictions, decoded.labels, decoded.rejected
-        predictions = self._cap_versions(predictions)
-        alarms = self.monitor.apply(predictions, rejected)
-        for alarm in alarms:
-            # A drift that persists keeps firing (detectors restart after each alarm): the
-            # first of each detector is a warning, the rest are in the counters.
-            level = logging.DEBUG if alarm.key in self._announced else logging.WARNING
-            self._announced.add(alarm.key)
-            log.log(
-                level,
-                "drift alarm: model=%s version=%s slice=%s %s=%s detector=%s at offset %d",
-                alarm.model,
-                alarm.model_version,
-                alarm.slice,
-                alarm.signal,
-                alarm.feature,
-                alarm.detector,
-                alarm.offset,
-            )
-        concept_alarms = self.quality.apply(predictions, labels)
-        for concept in concept_alarms:
-            log.info(
-                "concept drift alarm: model=%s version=%s slice=%s detector=%s",
-                concept.model,
-                concept.model_version,
-                concept.slice,
-                concept.detector,
-            )
-        delays = self.quality.take_label_delays()
-        if not self.rebuilding:  # a rebuild (repartition) applies events seen before
-            for model, delay in delays:
-                self.telemetry.label_delay.labels(model).observe(delay)
-        self._retire_idle_versions()
-        if self.count_events:
-            self._count(self.topics.predictions, predictions, labels)
-        return Outcome(rejected, alarms, concept_alarms)
-
-    def _retire_idle_versions(self) -> None:
-        """One clock for both sides (predictions and joined labels): an idle version leaves
-        the drift and the quality series together."""
-        shared = self.quality.activity
-        if self.quality.owns_activity or self.monitor.activity is not shared:
-            return  # each side keeps its own clock (built apart, as in some tests)
-        idle = shared.take_idle()
-        if idle:
-            log.info("retiring idle model versions %s", idle)
-            self.monitor.retire(idle)
-            self.quality.retire(idle)
-
-    def _cap_versions(self, predictions: list[Prediction]) -> list[Prediction]:
-        capped, overflow = self.versions.apply(predictions)
-        for model, version in self.versions.take_displaced():
-            log.info(
-                "model %s version %s lost its place among the tracked versions", model, version
-            )
-            self.monitor.forget_version(model, version)
-            self.quality.forget_version(model, version)
-        t = self.telemetry
-        for model, n in overflow.items():
-            if not self.rebuilding:
-                t.version_overflow.labels(model).inc(n)
-        for model, n in self.versions.tracked().items():
-            t.versions_tracked.labels(model).set(n)
-        return capped
-
-    def count(self, predictions: list[Prediction], labels: list[Label]) -> None:
-        """Count events (repartition: stage 1, as it forwards them)."""
-        self._count(self.topics.predictions, predictions, labels)
-
-    def _count(
-        self, predictions_topic: str, predictions: list[Prediction], labels: list[Label]
-    ) -> None:
-        t = self.telemetry
-        for model, n in Counter(p.model for p in predictions).items():
-            t.events.labels(predictions_topic, model).inc(n)
-        newest: dict[str, float] = {}
-        for p in predictions:
-            if p.timestamp > newest.get(p.model, float("-inf")):
-                newest[p.model] = p.timestamp
-        for model, ts in newest.items():
-            t.last_event.labels(predictions_topic, model).set(ts)
-        if labels:
-            # Labels carry no model until they are joined to their prediction.
-            t.events.labels(self.topics.labels, "").inc(len(labels))
-            t.last_event.labels(self.topics.labels, "").set(max(x.timestamp for x in labels))
 
 
 class Worker:
@@ -403,7 +54,7 @@ class Worker:
             self.dead_letters = DeadLetters(
                 settings.topics.dead_letters, settings.kafka.librdkafka()
             )
-            self.source = Source(settings, self._assigned, self._revoked, self._lost)
+            self.source = KafkaSource(settings, self._assigned, self._revoked, self._lost)
         except KafkaException as error:  # librdkafka refused a property
             raise ConfigError(
                 "kafka.properties",
@@ -416,20 +67,14 @@ class Worker:
                 ],
             ) from None
         self._lag_series: set[tuple[str, str]] = set()
-        self._paused = False  # backpressure: a topic we produce to does not acknowledge
-        self._pause_reason = ""
-        align = settings.event_time.align_seconds
-        topics = settings.topics
-        self.alignment = (
-            None if align is None else Alignment(topics.predictions, topics.labels, align)
+        self.loop = Loop(
+            self.source, pipeline, self.dead_letters, settings.event_time.align_seconds
         )
+        self._pause_reason = ""  # backpressure: a topic we produce to does not acknowledge
         self._stopping = False
         # at a stop, apply the records still waiting in the event order (the demo's finite
         # stream); `run` leaves them uncommitted for the next start to read
         self.drain_on_stop = False
-        # per partition: the next offset after the last one read, and the offset stored
-        self._consumed: dict[Key, int] = {}
-        self._stored: dict[Key, int] = {}
         # repartition (engine.mode): stage 1 routes, stage 2 reads the internal topic
         self.link = EngineLink(settings) if settings.engine.mode == "repartition" else None
         self.router: Router | None = None
@@ -468,21 +113,18 @@ class Worker:
                 self.link.subscribe(self._engine_assigned, self._engine_revoked)
             last_commit = time.monotonic()
             while not stop.is_set():
-                messages = self.source.consume(w.batch_size, w.poll_timeout_seconds)
-                now = self.health.last_poll = time.monotonic()
-                lags = self.source.lag()
-                # for the event order, a partition not fetched yet counts as behind (never
-                # idle), so that a slow first fetch does not let the others run ahead of it
-                behind = {(tp.topic, tp.partition): 1 for tp in self.source.assignment}
-                order_lags = behind | lags
-                if self.link is not None:
-                    self._repartition(messages, now, order_lags)
-                elif messages or self.pipeline.order.waiting or self.pipeline.quality.holding:
-                    paused = self._held()
-                    with self.telemetry.batch_duration.time():
-                        self.pipeline.process(messages, self.dead_letters, now, order_lags, paused)
-                    self._store(messages)
-                self._align(lags)
+                if self.link is None:
+                    self.loop.step(w.batch_size, w.poll_timeout_seconds)
+                    self.health.last_poll = time.monotonic()
+                else:
+                    messages = self.source.consume(w.batch_size, w.poll_timeout_seconds)
+                    now = self.health.last_poll = time.monotonic()
+                    lags = self.source.lag()
+                    # a partition not fetched yet counts as behind (never idle)
+                    self._repartition(
+                        messages, now, dict.fromkeys(self.source.partitions, 1) | lags
+                    )
+                    self.loop.align(lags, now)
                 if time.monotonic() - last_commit >= w.commit_interval_seconds:
                     self.checkpoint(min(1.0, w.commit_interval_seconds + 0.1))
                     self._export_lag()
@@ -527,17 +169,16 @@ class Worker:
             step, what = unacknowledged
             self.telemetry.checkpoint_failures.labels(step).inc()
             self._pause_reason = what
-            if not self._paused:
+            if not self.loop.paused_all:
                 log.warning("%s: pausing consumption and committing nothing until it does", what)
                 self.source.pause()
-                self._paused = True
+                self.loop.paused_all = True
             return False
-        if self._paused:
+        if self.loop.paused_all:
             log.info("produced messages acknowledged; resuming consumption")
             self.source.resume()
-            if self.alignment is not None:
-                self.alignment.reset()  # the next batch pauses what is still ahead
-            self._paused = False
+            self.loop.reset_alignment()  # the next batch pauses what is still ahead
+            self.loop.paused_all = False
         self.source.commit(wait)
         return True
 
@@ -581,14 +222,14 @@ class Worker:
                 for partition, message in routed:
                     self.link.send(partition, message)
                 pipeline.held_by_router = self.router.holding
-            self._store(messages)
+            self.loop.store_read(messages)
         elif self.router.holding:  # held labels whose predictions stopped coming go on
             released = self.router.release(now)
             self.link.record(self.router.take_changes())
             for partition, message in released:
                 self.link.send(partition, message)
             pipeline.held_by_router = self.router.holding
-        if not self._paused:  # nothing is read while paused: nothing to report
+        if not self.loop.paused_all:  # nothing is read while paused: nothing to report
             self._report_progress(now, lags)
         self.link.poll()
         engine = self.link.consume(self.settings.worker.batch_size, 0.0)
@@ -600,7 +241,7 @@ class Worker:
         event time admitted (for labels, never past one held here), and whether it is idle."""
         assert self.link is not None
         assert self.router is not None
-        held = self._held()
+        held = self.loop.held()
         earliest = self.router.earliest_held()
         idle_after = self.settings.event_time.idle_seconds
         for tp in self.source.assignment:
@@ -619,47 +260,6 @@ class Worker:
     def _engine_revoked(self, partitions: list[int]) -> None:
         # the versions go to their new owner, which rebuilds them: their series leave here
         self.pipeline.reset_engine([], len(self._sources) // 2, time.monotonic())
-
-    def _held(self) -> set[Key]:
-        """The partitions paused by this worker (they have data: never idle)."""
-        if self._paused:
-            return {(tp.topic, tp.partition) for tp in self.source.assignment}
-        return set() if self.alignment is None else set(self.alignment.held)
-
-    def _store(self, messages: Sequence[RawMessage]) -> None:
-        """Store, per partition, the offset up to which every record has been applied:
-        the next after the last one read, or the first still waiting in the event order."""
-        for m in messages:
-            topic, partition, offset = m.topic(), m.partition(), m.offset()
-            if topic is not None and partition is not None and offset is not None:
-                key = (topic, partition)
-                self._consumed[key] = max(self._consumed.get(key, 0), offset + 1)
-        # repartition: stage 1 holds nothing uncommitted (held labels are in its changelog)
-        offsets = (
-            self.pipeline.order.next_offsets(self._consumed)
-            if self.router is None
-            else self._consumed
-        )
-        changed = {k: o for k, o in offsets.items() if self._stored.get(k) != o}
-        if changed:
-            self.source.store_offsets(changed)
-            self._stored.update(changed)
-
-    def _align(self, lags: Mapping[Key, int]) -> None:
-        """Pause the partitions that run ahead of the other topic; resume the rest."""
-        if self.alignment is None or self._paused or not self.source.assignment:
-            return
-        partitions = {tp.partition for tp in self.source.assignment}
-        pause, resume = self.alignment.update(
-            partitions, self.pipeline.clock.latest, lags, time.monotonic()
-        )
-        if not (pause or resume):
-            return
-        self.source.resume(resume)
-        self.source.pause(pause)
-        counts = Counter(topic for topic, _ in self.alignment.held)
-        for topic in self.source.topics:
-            self.telemetry.paused.labels(topic).set(counts.get(topic, 0))
 
     def _final_checkpoint(self, grace: float) -> None:
         deadline = time.monotonic() + grace
@@ -688,7 +288,7 @@ class Worker:
         t = self.telemetry
         t.dead_letters_pending.set(self.dead_letters.pending)
         t.dead_letters_omitted.inc(self.dead_letters.take_omitted())
-        if self._paused:
+        if self.loop.paused_all:
             self.health.problem = f"{self._pause_reason}: consumption paused, nothing committed"
             return
         stale = time.monotonic() - self.source.last_commit
@@ -730,7 +330,7 @@ class Worker:
         self.pipeline.order.assign(
             [(tp.topic, tp.partition) for tp in partitions], time.monotonic()
         )
-        self._paused = False  # a new assignment starts unpaused
+        self.loop.paused_all = False  # a new assignment starts unpaused
         self._set_assigned(partitions)
 
     def _revoked(self, partitions: list[TopicPartition]) -> None:
@@ -757,9 +357,7 @@ class Worker:
         dropped = 0 if self.link is not None else self.pipeline.order.revoke(keys)
         if dropped:
             log.info("%d record(s) waiting in the event order left with their partitions", dropped)
-        for key in keys:
-            self._consumed.pop(key, None)
-            self._stored.pop(key, None)
+        self.loop.forget(keys)
         for tp in partitions:  # retire the lag series of partitions we no longer own
             self.pipeline.clock.forget(tp.topic, tp.partition)
             series = (tp.topic, str(tp.partition))
@@ -769,8 +367,7 @@ class Worker:
         self._set_assigned([])
 
     def _set_assigned(self, partitions: list[TopicPartition]) -> None:
-        if self.alignment is not None:
-            self.alignment.reset()
+        self.loop.reset_alignment()
         counts = Counter(tp.topic for tp in partitions)
         for topic in self.source.topics:
             self.telemetry.assigned.labels(topic).set(counts.get(topic, 0))

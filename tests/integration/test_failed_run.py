@@ -19,8 +19,9 @@ from confluent_kafka import Consumer, TopicPartition
 from streamwatch.app import build
 from streamwatch.config import parse_settings
 from streamwatch.deadletter import DeadLetters
+from streamwatch.pipeline import Outcome, Pipeline
 from streamwatch.records import RawMessage
-from streamwatch.worker import Outcome, Pipeline, Worker
+from streamwatch.worker import Worker
 from tests.conftest import free_port
 from tests.events import stream
 from tests.integration.conftest import Topics, produce, worker_config

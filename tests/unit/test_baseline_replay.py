@@ -252,7 +252,11 @@ def test_replay_backtests_a_recorded_day(tmp_path: Path) -> None:
             )
         )
     lines.append(b"not json")
-    rng.shuffle(lines)  # recorded out of order: replay sorts by event time
+    # recorded in arrival order, each pair of neighbours swapped at random: out of order by
+    # one second, within event_time.reorder_seconds (1 s), so the event order sorts them
+    for i in range(0, len(lines) - 1, 2):
+        if rng.random() < 0.5:
+            lines[i], lines[i + 1] = lines[i + 1], lines[i]
     predictions = tmp_path / "predictions.jsonl"
     predictions.write_bytes(b"\n".join(lines) + b"\n")
     labels_file = tmp_path / "labels.jsonl"
@@ -413,3 +417,35 @@ def test_baseline_reads_events_through_the_contract_with_their_labels(tmp_path: 
     assert result.returncode == 0, result.stderr
     prediction = json.loads(out.read_text())["signals"]["prediction:prediction"]
     assert prediction["categories"] == ["a", "b"]
+
+
+def test_replay_applies_a_file_out_of_order_as_a_live_worker_would_and_says_so(
+    tmp_path: Path,
+) -> None:
+    """Replay reads a file in its order, as the worker reads a partition: records more out
+    of order than event_time.reorder_seconds are applied late, counted and reported, never
+    dropped."""
+    rng = np.random.default_rng(5)
+    lines = [
+        orjson.dumps(
+            {
+                "prediction_id": f"p{i}",
+                "model": "fraud",
+                "model_version": "v1",
+                "timestamp": 1_790_000_000_000 + i * 1000,
+                "features": {"amount": float(rng.normal(100, 15)), "age": 40.0, "country": "DE"},
+                "prediction": 0.5,
+            }
+        )
+        for i in range(3000)
+    ]
+    rng.shuffle(lines)
+    predictions = tmp_path / "predictions.jsonl"
+    predictions.write_bytes(b"\n".join(lines) + b"\n")
+    out = tmp_path / "backtest"
+    args = ["--config", str(_config(tmp_path)), "--predictions", str(predictions)]
+    result = run_cli("replay", *args, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "replayed 3,000 predictions (0 rejected)" in result.stdout
+    late = int(result.stdout.split(" records more out of order")[0].split()[-1].replace(",", ""))
+    assert 1000 < late < 3000  # a shuffled day: most records come after later ones

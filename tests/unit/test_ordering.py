@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from streamwatch.app import build
 from streamwatch.config import parse_settings
 from streamwatch.ordering import EventOrder, order_key
+from streamwatch.pipeline import Pipeline
 from streamwatch.records import Label, Prediction
 from streamwatch.simulation import DEMO_CONFIG, Scenario, spread
-from streamwatch.worker import Pipeline
 
 P, L = "predictions", "labels"
 
