@@ -137,6 +137,11 @@ class Loop:
         if self.alignment is not None:
             self.alignment.reset()
 
+    @property
+    def stored(self) -> dict[Key, int]:
+        """Per partition, the offset stored last (what the next commit sends)."""
+        return dict(self._stored)
+
     def forget(self, keys: Iterable[Key]) -> None:
         """Partitions that left (revoked, lost): their offsets are no longer ours."""
         for key in keys:

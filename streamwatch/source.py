@@ -229,23 +229,23 @@ class KafkaSource:
             offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()]
         )
 
-    def commit(self, wait: bool = False) -> None:
-        """Commit the stored offsets, asynchronously (the result arrives in ``on_commit``),
-        or with ``wait`` synchronously: on revoke, so that the next owner of a partition
-        starts where this worker stopped (a revoke needs a reachable coordinator anyway).
-        The synchronous commit runs in the rebalance callback's own thread (tried on a
-        helper thread with a time budget, it did not return while the callback ran); it is
-        bounded
-        by librdkafka's request timeout (``socket.timeout.ms``, 60 s by default), well
-        inside the group's rebalance timeout (``max.poll.interval.ms``, 300 s)."""
+    def commit(self, offsets: Mapping[Key, int] | None = None) -> None:
+        """Commit the stored offsets, or the given ones, asynchronously: the result arrives in
+        ``on_commit`` (a synchronous commit blocks while the coordinator is away, up to
+        ``socket.timeout.ms``). On revoke, the worker passes the revoked partitions' offsets
+        explicitly: librdkafka does not finish the unassignment, so the group does not
+        rebalance, while a commit is in flight (``rd_kafka_assignment_serve`` waits for
+        ``rkcg_wait_commit_cnt``), so the next owner reads from where this worker stopped
+        without the callback waiting for the answer."""
         try:
-            if wait:
-                self._consumer.commit(asynchronous=False)
-                self.commit_error = None
-                self.last_commit = time.monotonic()
-            else:
+            if offsets is None:
                 self._consumer.commit(asynchronous=True)
-                self.commits_in_flight += 1
+            elif offsets:
+                chosen = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+                self._consumer.commit(offsets=chosen, asynchronous=True)
+            else:
+                return
+            self.commits_in_flight += 1
         except KafkaException as error:
             if error.args[0].code() != KafkaError._NO_OFFSET:
                 self.commit_error = str(error.args[0].str())

@@ -41,6 +41,10 @@ from streamwatch.source import KafkaSource, Key
 
 log = logging.getLogger(__name__)
 
+#: The revoke callback's budget for flushing what was produced, well inside the group's
+#: rebalance timeout (``max.poll.interval.ms``, 300 s by default).
+REVOKE_BUDGET_SECONDS = 5.0
+
 
 class Worker:
     """A consumer-group member: runs the pipeline on Kafka until asked to stop."""
@@ -160,10 +164,11 @@ class Worker:
         if self.link is not None:
             self.link.close()
 
-    def checkpoint(self, timeout: float, wait: bool = False) -> bool:
+    def checkpoint(self, timeout: float, offsets: Mapping[Key, int] | None = None) -> bool:
         """What was produced acknowledged first (dead letters; with repartition, the
-        forwarded records), input offsets committed second (``wait``: a synchronous commit).
-        Returns False, pausing consumption, while anything is not acknowledged."""
+        forwarded records), within ``timeout`` in all; input offsets committed second
+        (asynchronously; the stored offsets, or ``offsets``). Returns False, pausing
+        consumption, while anything is not acknowledged."""
         unacknowledged = self._unacknowledged(timeout)
         if unacknowledged is not None:
             step, what = unacknowledged
@@ -179,19 +184,20 @@ class Worker:
             self.source.resume()
             self.loop.reset_alignment()  # the next batch pauses what is still ahead
             self.loop.paused_all = False
-        self.source.commit(wait)
+        self.source.commit(offsets)
         return True
 
     def _unacknowledged(self, timeout: float) -> tuple[str, str] | None:
         """(checkpoint step, what is wrong) for the first producer that does not get its
         messages acknowledged within ``timeout``; None when all do."""
+        deadline = time.monotonic() + timeout  # one budget for every producer
         letters = self.dead_letters
         if not letters.flush(timeout):
             return "dead_letters", (
                 f"dead-letter topic unavailable ({letters.topic!r}: {letters.last_error}; "
                 f"{letters.pending} letters unacknowledged)"
             )
-        if self.link is not None and not self.link.flush(timeout):
+        if self.link is not None and not self.link.flush(max(0.0, deadline - time.monotonic())):
             return "engine", (
                 f"engine topic unavailable ({self.link.topic!r}: {self.link.last_error}; "
                 f"forwarded records unacknowledged)"
@@ -335,9 +341,14 @@ class Worker:
 
     def _revoked(self, partitions: list[TopicPartition]) -> None:
         log.info("revoked %s", [(tp.topic, tp.partition) for tp in partitions])
-        if not self._stopping:  # at shutdown the final checkpoint already ran
-            # the batch before this callback is applied and stored
-            self.checkpoint(5.0, wait=True)
+        if not self._stopping:  # at shutdown (or after a failure) no checkpoint runs here
+            # The batch before this callback is applied and stored. One time budget for the
+            # callback: the flush waits at most REVOKE_BUDGET_SECONDS, and the commit of the
+            # revoked partitions' offsets is asynchronous (librdkafka holds the rebalance
+            # until it is answered; see KafkaSource.commit).
+            keys = {(tp.topic, tp.partition) for tp in partitions}
+            stored = {k: o for k, o in self.loop.stored.items() if k in keys}
+            self.checkpoint(REVOKE_BUDGET_SECONDS, stored)
         self._drop(partitions)
 
     def _lost(self, partitions: list[TopicPartition]) -> None:
