@@ -8,11 +8,13 @@ the offsets; read the topics in step), then a checkpoint when one is due. With
 A checkpoint, every ``worker.commit_interval_seconds``, on revoke and at shutdown, runs in
 this order, and a later step never runs if an earlier one failed:
 
-    1. (state changelog: comes with the durability issue)
-    2. flush the dead-letter producer: every rejected message is acknowledged
-    3. commit the stored offsets (asynchronously: results arrive in the next polls)
+    1. flush what was produced, within one time budget: the dead letters (every rejected
+       message acknowledged); with repartition, the forwarded records and stage 1's
+       changelog
+    2. commit the stored offsets (asynchronously: results arrive in the next polls; on
+       revoke, the revoked partitions' offsets, within ``REVOKE_BUDGET_SECONDS``)
 
-If step 2 fails (the dead-letter topic is unreachable), nothing is committed and
+If step 1 fails (the dead-letter topic is unreachable), nothing is committed and
 consumption pauses (backpressure) until the letters are acknowledged. No outage ends the
 process: the loop keeps polling, ``/readyz`` says what is wrong, and it resumes by itself.
 On SIGTERM it finishes the batch, tries the checkpoint for ``worker.shutdown_grace_seconds``
