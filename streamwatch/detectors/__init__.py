@@ -17,9 +17,10 @@ each tested category of a categorical signal (its bank of Bernoulli CUSUMs), or,
 ``chi2``, each categorical signal's test series. A CUSUM chart or a category's bank gets an
 in-control run length of ``budget x units``; a chi-square test of ``n`` events gets
 ``alpha = n / (budget x units)``. Rates add up, so the whole model version meets the
-budget (a Bonferroni split over signals and, for the tests, over time). Each partition
-runs its own detectors on its own events: a chart that sees 1/P of the events fires at 1/P
-of the rate per event of the stream, so partitions do not use up budget.
+budget (a Bonferroni split over signals and, for the tests, over time). A version's
+detectors see all of its events a worker reads (one order, whatever the partitions); with
+several workers in ``engine.mode: local``, a chart that sees 1/W of the events fires at 1/W
+of the rate per event, so the workers together do not use up more budget.
 """
 
 from __future__ import annotations
