@@ -92,7 +92,7 @@ class Loop:
 
     def store(self, messages: Sequence[RawMessage]) -> None:
         """Store, per partition, the offset up to which every record has been applied:
-        the next after the last one read, or (``ordered``) the first still waiting."""
+        the next after the last one read, or the first still waiting in the event order."""
         for m in messages:
             topic, partition, offset = m.topic(), m.partition(), m.offset()
             if topic is not None and partition is not None and offset is not None:
