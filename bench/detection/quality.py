@@ -9,7 +9,9 @@ the affected version or slice: river's ADWIN at its default (``delta=0.002``) an
 
 Delay: labels of the affected stream (the version, or the slice) from the change to the
 first alarm on it; a miss is no alarm within the horizon. The change comes at a random
-offset after the stream's reference (its first 2,000 labels). Lorden's bound is
+offset after the stream's reference (its first 2,000 labels; 50,000 in the row that says
+so, as a profile with labelled rows or a larger ``quality.reference_labels`` gives). Lorden's
+bound is
 ``ln(10^6) / KL(p1 || p0)``: the fewest labels any test at one false alarm per 10^6 needs,
 asymptotically, to see the error rate go from ``p0`` to ``p1``.
 
@@ -52,6 +54,7 @@ class Scenario:
     p0: float  # the error rate before the change (for the bound; measured for the generators)
     p1: float
     share: float = 1.0  # the affected slice's share of traffic (1: the whole version)
+    reference: int = REFERENCE  # quality.reference_labels: the labels the p0 is read from
 
 
 def rates(p0: float, p1: float) -> Outcomes:
@@ -92,6 +95,18 @@ def scenarios() -> list[Scenario]:
         Scenario(f"error 5% -> {5 + d}%", rates(0.05, 0.05 + d / 100), 0.05, 0.05 + d / 100)
         for d in (1, 2, 5, 10, 20)
     ]
+    # the smallest increase again, with the reference a profile's labelled rows (or a larger
+    # quality.reference_labels) gives: 2,000 labels read p0 to 0.5 points, half the change
+    big = 50_000
+    out.append(
+        Scenario(
+            f"error 5% -> 6%, reference of {big:,} labels",
+            rates(0.05, 0.06),
+            0.05,
+            0.06,
+            reference=big,
+        )
+    )
     out += [
         Scenario("5% slice: error 22% -> 40%", rates(0.22, 0.40), 0.22, 0.40, share=0.05),
         Scenario("5% slice: error 5% -> 10%", rates(0.05, 0.10), 0.05, 0.10, share=0.05),
@@ -113,7 +128,7 @@ def bound(s: Scenario) -> float:
     return math.log(BUDGET) / kl(s.p1, s.p0)
 
 
-def settings(sliced: bool) -> Any:
+def settings(sliced: bool, reference: int = REFERENCE) -> Any:
     model: dict[str, Any] = {
         "name": "m",
         "task": "binary",
@@ -127,17 +142,19 @@ def settings(sliced: bool) -> Any:
             "quality": {
                 "concept_detector": "cusum",
                 "false_alarm_budget_labels": BUDGET,
-                "reference_labels": REFERENCE,
+                "reference_labels": reference,
                 "windows": [{"events": 1000}],
             },
         }
     )
 
 
-def engine_alarms(errors: np.ndarray, segments: np.ndarray, sliced: bool) -> list[tuple[int, str]]:
+def engine_alarms(
+    errors: np.ndarray, segments: np.ndarray, sliced: bool, reference: int = REFERENCE
+) -> list[tuple[int, str]]:
     """(label index, slice) of every concept alarm of the engine on these outcomes: each
     outcome is a prediction (score 0.9) and its label (positive unless an error)."""
-    quality = Quality(settings(sliced))
+    quality = Quality(settings(sliced, reference))
     alarms = []
     for start in range(0, len(errors), 2000):
         rows = range(start, min(start + 2000, len(errors)))
@@ -185,7 +202,7 @@ def delays(scenario: Scenario, runs: int, seed: int) -> dict[str, Row]:
     horizon = int(max(5 * bound(scenario), 2000))
     for r in range(runs):
         rng = np.random.default_rng(seed * 1000 + r)
-        before = REFERENCE + int(rng.integers(1000, 5000))  # labels of the stream
+        before = scenario.reference + int(rng.integers(1000, 5000))  # labels of the stream
         stream = np.concatenate(
             [scenario.outcomes(rng, before, False), scenario.outcomes(rng, horizon, True)]
         )
@@ -202,7 +219,12 @@ def delays(scenario: Scenario, runs: int, seed: int) -> dict[str, Row]:
                 if s == "segment=affected"
             ]  # fmt: skip
         else:
-            found = [i for i, _ in engine_alarms(stream, np.full(len(stream), "all"), False)]
+            found = [
+                i
+                for i, _ in engine_alarms(
+                    stream, np.full(len(stream), "all"), False, scenario.reference
+                )
+            ]
         found_by = {
             METHODS[0]: found,
             METHODS[1]: adwin_alarms(stream, 0.002),
