@@ -106,12 +106,18 @@ def _parser() -> argparse.ArgumentParser:
     replay = sub.add_parser(
         "replay",
         help="run the engine over recorded JSONL files (backtest a config)",
-        description="Decode recorded messages (one JSON value per line), sort them by event "
-        "time and run the worker's engine over them; write alarms.json and timeline.csv.",
+        description="Run recorded messages (one JSON value per line, each file one partition "
+        "in its order) through the worker's own loop: the same decoding, rejections, event "
+        "order and engine. Records more out of order than event_time.reorder_seconds are "
+        "applied late, as live, and counted. Writes alarms.json and timeline.csv.",
     )
     replay.add_argument("--config", required=True, type=Path, help="YAML config file")
     replay.add_argument("--predictions", required=True, type=Path, help="predictions JSONL")
-    replay.add_argument("--labels", type=Path, help="labels JSONL (decoded and counted)")
+    replay.add_argument(
+        "--labels",
+        type=Path,
+        help="labels JSONL (joined to their predictions: quality scores and alarms)",
+    )
     replay.add_argument("--out", required=True, type=Path, help="output folder")
     replay.add_argument(
         "--profile",

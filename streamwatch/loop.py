@@ -62,16 +62,18 @@ class Loop:
             pipeline.order.progress(key, None, True, now)
         outcome = None
         if messages or pipeline.order.waiting or pipeline.quality.holding:
-            # a partition not read yet counts as behind (never idle), so that a slow first
-            # fetch does not let the others run ahead of it
-            order_lags = dict.fromkeys(source.partitions, 1) | lags
             with pipeline.telemetry.batch_duration.time():
                 outcome = pipeline.process(
-                    messages, self.dead_letters, now, order_lags, self.held()
+                    messages, self.dead_letters, now, self.order_lags(lags), self.held()
                 )
             self.store(messages)
         self.align(lags, now)
         return outcome
+
+    def order_lags(self, lags: Mapping[Key, int]) -> dict[Key, int]:
+        """The lags for the event order: a partition not read yet counts as behind (never
+        idle), so that a slow first fetch does not let the others run ahead of it."""
+        return dict.fromkeys(self.source.partitions, 1) | dict(lags)
 
     def run_to_end(self, max_messages: int, each: Callable[[Outcome], None]) -> None:
         """Step until every partition has ended, then apply what still waits (a finite
@@ -93,22 +95,22 @@ class Loop:
     def store(self, messages: Sequence[RawMessage]) -> None:
         """Store, per partition, the offset up to which every record has been applied:
         the next after the last one read, or the first still waiting in the event order."""
-        for m in messages:
-            topic, partition, offset = m.topic(), m.partition(), m.offset()
-            if topic is not None and partition is not None and offset is not None:
-                key = (topic, partition)
-                self._consumed[key] = max(self._consumed.get(key, 0), offset + 1)
+        self._read(messages)
         self._store_consumed(self.pipeline.order.next_offsets(self._consumed))
 
     def store_read(self, messages: Sequence[RawMessage]) -> None:
         """Store the offsets past every message read (repartition's stage 1, which keeps
         nothing uncommitted: its held labels are in its changelog)."""
+        self._read(messages)
+        self._store_consumed(self._consumed)
+
+    def _read(self, messages: Sequence[RawMessage]) -> None:
+        """Per partition, the next offset after the last message read."""
         for m in messages:
             topic, partition, offset = m.topic(), m.partition(), m.offset()
             if topic is not None and partition is not None and offset is not None:
                 key = (topic, partition)
                 self._consumed[key] = max(self._consumed.get(key, 0), offset + 1)
-        self._store_consumed(self._consumed)
 
     def _store_consumed(self, offsets: Mapping[Key, int]) -> None:
         changed = {k: o for k, o in offsets.items() if self._stored.get(k) != o}

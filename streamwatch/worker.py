@@ -126,10 +126,7 @@ class Worker:
                     messages = self.source.consume(w.batch_size, w.poll_timeout_seconds)
                     now = self.health.last_poll = time.monotonic()
                     lags = self.source.lag()
-                    # a partition not fetched yet counts as behind (never idle)
-                    self._repartition(
-                        messages, now, dict.fromkeys(self.source.partitions, 1) | lags
-                    )
+                    self._repartition(messages, now, self.loop.order_lags(lags))
                     self.loop.align(lags, now)
                 if time.monotonic() - last_commit >= w.commit_interval_seconds:
                     self.checkpoint(min(1.0, w.commit_interval_seconds + 0.1))
