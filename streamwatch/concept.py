@@ -24,7 +24,7 @@ import numpy as np
 from streamwatch.config import ModelSpec, QualitySettings
 from streamwatch.detectors.bernoulli import ConceptCusum, ExceedanceCusum
 from streamwatch.detectors.river_detectors import river_detector
-from streamwatch.records import ConceptAlarm, SegmentKey
+from streamwatch.records import ConceptAlarm, Label, Prediction, SegmentKey
 from streamwatch.reference import Profile
 from streamwatch.slices import ALL, OTHER
 from streamwatch.statistics import FloatArray, IntArray
@@ -53,10 +53,16 @@ class ConceptTests:
         self._estimate_alarms = []
 
     def on_labels(
-        self, key: int, segment: SegmentKey, errors: FloatArray, times: FloatArray, spec: ModelSpec
+        self,
+        key: int,
+        segment: SegmentKey,
+        spec: ModelSpec,
+        errors: FloatArray,
+        labels: Sequence[Label],
+        rows: IntArray,
     ) -> list[ConceptAlarm]:
-        """Test one key's errors (NaN: no outcome, skipped), in the order given; return the
-        alarms."""
+        """Test one key's outcomes, ``errors[rows]`` of ``labels[rows]`` (NaN: no outcome,
+        skipped), in that order; return the alarms."""
         model, version, slice_name = segment
         if slice_name.endswith(OTHER):
             return []  # an overflow bucket mixes many segments: no concept detector
@@ -71,16 +77,30 @@ class ConceptTests:
             # the counter exists at 0 from the start, so that increase() sees the first alarm
             self.alarms.setdefault((model, version, slice_name, name), 0)
         if isinstance(detector, ConceptCusum | ExceedanceCusum):
-            fired = times[detector.update(errors)].tolist()
+            fired = detector.update(errors[rows])
         else:
             fired = []
-            for error, t in zip(errors.tolist(), times.tolist(), strict=True):
+            for i, error in enumerate(errors[rows].tolist()):
                 if np.isnan(error):
                     continue
                 detector.update(error if spec.task == "regression" else bool(error))
                 if detector.drift_detected:
-                    fired.append(t)
-        return [self._count(ConceptAlarm(model, version, slice_name, name, t)) for t in fired]
+                    fired.append(i)
+        return [
+            self._count(
+                ConceptAlarm(
+                    model,
+                    version,
+                    slice_name,
+                    name,
+                    lb.timestamp,
+                    lb.prediction_id,
+                    lb.partition,
+                    lb.offset,
+                )
+            )
+            for lb in (labels[int(rows[i])] for i in fired)
+        ]
 
     def on_estimate(
         self,
@@ -88,7 +108,7 @@ class ConceptTests:
         codes: IntArray,
         names: Sequence[SegmentKey],
         drawn: FloatArray,
-        times: FloatArray,
+        predictions: Sequence[Prediction],
     ) -> None:
         """The estimate before labels, tested as the labels are: a Bernoulli CUSUM bank per
         version (``codes``: version keys) on errors drawn with their estimated
@@ -107,8 +127,18 @@ class ConceptTests:
                 )
                 self.alarms.setdefault((model, version, slice_name, ESTIMATED), 0)
             rows = np.flatnonzero(codes == key)
-            for t in times[rows[detector.update(drawn[rows])]].tolist():
-                alarm = ConceptAlarm(model, version, slice_name, ESTIMATED, t)
+            for i in rows[detector.update(drawn[rows])].tolist():
+                p = predictions[i]
+                alarm = ConceptAlarm(
+                    model,
+                    version,
+                    slice_name,
+                    ESTIMATED,
+                    p.timestamp,
+                    p.prediction_id,
+                    p.partition,
+                    p.offset,
+                )
                 self._estimate_alarms.append(self._count(alarm))
 
     def take_estimate_alarms(self) -> list[ConceptAlarm]:

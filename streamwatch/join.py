@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from streamwatch.records import Label
 from streamwatch.statistics import FloatArray, IntArray
 
 _KEY_MASK = (1 << 60) - 1  # 60 bits: a Python int of 32 bytes, not 36
@@ -149,7 +150,7 @@ class EarlyLabels:
     when stale entries outnumber live ones."""
 
     def __init__(self) -> None:
-        self.labels: dict[int, tuple[float | str, float]] = {}  # id hash -> (label, time)
+        self.labels: dict[int, Label] = {}  # by id hash
         self._heap: list[tuple[float, int]] = []  # (label time, id hash)
 
     def __len__(self) -> int:
@@ -158,11 +159,11 @@ class EarlyLabels:
     def __contains__(self, key: int) -> bool:
         return key in self.labels
 
-    def hold(self, key: int, label: float | str, timestamp: float) -> None:
-        self.labels[key] = (label, timestamp)
-        heapq.heappush(self._heap, (timestamp, key))
+    def hold(self, key: int, label: Label) -> None:
+        self.labels[key] = label
+        heapq.heappush(self._heap, (label.timestamp, key))
 
-    def pop(self, key: int) -> tuple[float | str, float] | None:
+    def pop(self, key: int) -> Label | None:
         return self.labels.pop(key, None)
 
     def release_before(self, limit: float) -> int:
@@ -183,7 +184,7 @@ class EarlyLabels:
         while heap and heap[0][0] < limit and released < n:
             t, key = heapq.heappop(heap)
             held = labels.get(key)
-            if held is not None and held[1] == t:
+            if held is not None and held.timestamp == t:
                 del labels[key]
                 released += 1
         return released
@@ -196,5 +197,5 @@ class EarlyLabels:
 
     def _compact(self) -> None:
         if len(self._heap) > 2 * len(self.labels) + 1024:
-            self._heap = [(t, k) for k, (_, t) in self.labels.items()]
+            self._heap = [(label.timestamp, k) for k, label in self.labels.items()]
             heapq.heapify(self._heap)

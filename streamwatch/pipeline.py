@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import Message
 
 from streamwatch.admission import EventClock, VersionCap
+from streamwatch.concept import ESTIMATED
 from streamwatch.config import Settings
 from streamwatch.deadletter import DeadLetters
 from streamwatch.decode import Decoder
@@ -303,11 +304,16 @@ class Pipeline:
         concept_alarms = self.quality.apply(predictions, labels)
         for concept in concept_alarms:
             log.info(
-                "concept drift alarm: model=%s version=%s slice=%s detector=%s",
+                "concept drift alarm: model=%s version=%s slice=%s detector=%s at "
+                "prediction_id=%s (%s partition %d offset %d)",
                 concept.model,
                 concept.model_version,
                 concept.slice,
                 concept.detector,
+                concept.prediction_id,
+                self.topics.predictions if concept.detector == ESTIMATED else self.topics.labels,
+                concept.partition,
+                concept.offset,
             )
         delays = self.quality.take_label_delays()
         if not self.rebuilding:  # a rebuild (repartition) applies events seen before

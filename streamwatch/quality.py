@@ -321,10 +321,7 @@ class Quality:
                     for i in rows[added[rows]].tolist():
                         waiting = state.early.pop(keys[i])
                         if waiting is not None:
-                            p = group[i]
-                            matched[partition].append(
-                                Label(p.prediction_id, waiting[0], waiting[1], p.partition, -1)
-                            )
+                            matched[partition].append(waiting)
             self.duplicate_predictions[name] += int((~added).sum())
             kept = np.flatnonzero(added)
             if not len(kept):
@@ -346,7 +343,11 @@ class Quality:
                         self.prediction_watermark,
                     )
                 self.concept.on_estimate(
-                    spec, key_columns[0][kept][rows], self.keys.names, drawn, times[kept][rows]
+                    spec,
+                    key_columns[0][kept][rows],
+                    self.keys.names,
+                    drawn,
+                    [group[i] for i in kept[rows].tolist()],
                 )
         return matched
 
@@ -437,7 +438,7 @@ class Quality:
             if keys[i] in state.early:
                 self.duplicate_labels += 1  # the first label waiting for it wins
             else:
-                state.early.hold(keys[i], labels[i].label, labels[i].timestamp)
+                state.early.hold(keys[i], labels[i])
 
     def _score(
         self, name: str, columns: dict[str, Any], times: FloatArray, found: list[Label]
@@ -497,9 +498,7 @@ class Quality:
             for key, (rows, whole) in updated.items():
                 self.totals[key] = self.totals.get(key, Counts()) + whole
                 segment = self.keys.names[key]
-                alarms += self.concept.on_labels(
-                    key, segment, errors[rows], label_times[rows], spec
-                )
+                alarms += self.concept.on_labels(key, segment, spec, errors, found, rows)
         return alarms
 
     def _expire(self, state: PartitionQuality) -> None:

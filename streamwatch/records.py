@@ -138,10 +138,15 @@ class Alarm:
 @dataclass(frozen=True)
 class ConceptAlarm:
     """A quality test fired on a model version's or slice value's outcomes (labels, or the
-    estimate before them)."""
+    estimate before them). The coordinates are those of the message whose outcome tipped
+    the test: the label (labels topic), or for the estimate's test (``cusum_estimated``)
+    the prediction (predictions topic)."""
 
     model: str
     model_version: str
     slice: str
     detector: str
     event_time: float
+    prediction_id: str
+    partition: int
+    offset: int

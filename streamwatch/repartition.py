@@ -171,7 +171,9 @@ class Router:
     ) -> None:
         self._moved.setdefault(partition, now)
         self._held[key] = (message, partition, offset)
-        self.early.setdefault(partition, EarlyLabels()).hold(key, 0.0, at)
+        self.early.setdefault(partition, EarlyLabels()).hold(
+            key, Label("", 0.0, at, partition, offset)
+        )
 
     def release(self, now: float) -> list[tuple[int, RawMessage]]:
         """Held labels past the early hold (or over its budget) go on to a partition chosen
@@ -205,7 +207,7 @@ class Router:
         progress reported to stage 2 stays behind it, so that it is not late there."""
         out: dict[int, float] = {}
         for key, (_, partition, _) in self._held.items():
-            t = self.early[partition].labels[key][1]
+            t = self.early[partition].labels[key].timestamp
             out[partition] = min(out.get(partition, t), t)
         return out
 

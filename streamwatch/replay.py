@@ -9,9 +9,10 @@ order, version cap, monitor and quality side. So replay raises the alarms a live
 raises on the same messages, and a record more out of order than
 ``event_time.reorder_seconds`` is late here as it is there. The output folder gets:
 
-* ``alarms.json``: every alarm, drift and concept (quality), with its event time, event
-  index (position among the predictions in their one order), line number, model, version,
-  slice, signal, feature, detector, and for drift alarms the statistic and threshold;
+* ``alarms.json``: every alarm, drift and concept (quality), with its event time, the file
+  and line that raised it (a quality alarm: the label, and its prediction id), event index
+  (drift: position among the predictions in their one order), model, version, slice,
+  signal, feature, detector, and for drift alarms the statistic and threshold;
 * ``timeline.csv``: every exported score and detector ratio, every ``every`` events, and
   with labels the quality scores (``signal="quality"``) and their estimates.
 """
@@ -28,6 +29,7 @@ from typing import Any
 from prometheus_client import Counter
 
 from streamwatch.app import build
+from streamwatch.concept import ESTIMATED
 from streamwatch.config import Settings
 from streamwatch.loop import Loop
 from streamwatch.monitor import Monitor
@@ -169,7 +171,9 @@ def write_alarms(result: ReplayResult, path: Path) -> None:
         {
             "event_time": _iso(a.event_time),
             "event_index": result.event_index.get(a.offset),
+            "file": "predictions",
             "line": a.offset,
+            "prediction_id": None,
             "model": a.model,
             "model_version": a.model_version,
             "slice": a.slice,
@@ -185,7 +189,9 @@ def write_alarms(result: ReplayResult, path: Path) -> None:
         {
             "event_time": _iso(c.event_time),
             "event_index": None,
-            "line": None,
+            "file": "predictions" if c.detector == ESTIMATED else "labels",
+            "line": c.offset,
+            "prediction_id": c.prediction_id,
             "model": c.model,
             "model_version": c.model_version,
             "slice": c.slice,

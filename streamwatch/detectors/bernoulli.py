@@ -30,6 +30,7 @@ from streamwatch.statistics import FloatArray, IntArray
 #: Error-rate increases (in absolute points) the bank is designed for.
 DESIGN_INCREASES = (0.01, 0.02, 0.04, 0.08, 0.16)
 RESOLUTION = 4.0  # the smallest design, in standard errors of the reference
+MARGIN_LABELS = 2000  # references this large get a margin of one standard error
 MAX_DOWN = 40  # lattice steps on a success, at most
 MAX_STATES = 200_000  # a threshold needing more lattice states is refused (ARL ~ 1e30)
 
@@ -198,9 +199,21 @@ class ErrorCusum:
 
 def reference_rate(errors: int, outcomes: int) -> float:
     """The reference error rate from ``errors`` in ``outcomes`` labelled predictions: the
-    estimate plus one standard error (see :func:`reference_bank`)."""
+    estimate plus :func:`margin` standard errors (see :func:`reference_bank`)."""
     p = (errors + 1.0) / (outcomes + 2.0)
-    return quantised(p + standard_error(errors, outcomes))
+    return quantised(p + margin(outcomes) * standard_error(errors, outcomes))
+
+
+def margin(outcomes: int) -> float:
+    """Standard errors added to a reference of ``outcomes`` labels: one from
+    ``MARGIN_LABELS`` labels on, more below (0.6 more per halving). A reference's error
+    weighs more the smaller it is (its few errors are a skewed count, and the designs that
+    run are fewer and closer to it): with one standard error, references of 200 labels
+    false-alarmed at about 6 times the budget and 500 at about 2 times, over 1,500 to 3,000
+    references each at 1% to 25% errors (``tests/unit/test_bernoulli.py``)."""
+    if outcomes >= MARGIN_LABELS:
+        return 1.0
+    return 1.0 + 0.6 * math.log2(MARGIN_LABELS / max(outcomes, 1))
 
 
 def standard_error(errors: int, outcomes: int) -> float:
@@ -211,10 +224,11 @@ def standard_error(errors: int, outcomes: int) -> float:
 def reference_bank(errors: int, outcomes: int, run_length: float) -> ErrorCusum:
     """The bank for a reference of ``errors`` in ``outcomes``. A reference estimated too low
     reads its own sampling error as an increase and spends the budget on it, and a design
-    close to the reference is the one that suffers. So the rate is the estimate plus one
-    standard error, and only designs at least four standard errors above it run: a chart
-    whose reference value falls under the true rate then takes a reference off by more
-    than five standard errors (docs/quality.md)."""
+    close to the reference is the one that suffers. So the rate is the estimate plus a
+    margin (one standard error from 2,000 labels on, more below: :func:`margin`), and only
+    designs at least four standard errors above it run: a chart whose reference value falls
+    under the true rate then takes a reference off by more than five standard errors
+    (docs/quality.md)."""
     smallest = RESOLUTION * standard_error(errors, outcomes)
     return ErrorCusum(reference_rate(errors, outcomes), run_length, smallest)
 

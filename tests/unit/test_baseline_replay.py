@@ -360,6 +360,14 @@ def test_replay_goes_through_the_workers_stages(tmp_path: Path) -> None:
     assert {a["slice"] for a in concept} >= {"country=IS"}
     first = min(a["event_time"] for a in concept if a["slice"] == "country=IS")
     assert first > "2026-09-21T15:20"  # after the change (event 4,000 is at 15:20:00 UTC)
+    for alarm in concept:  # the label that tipped the test: its line, and its prediction
+        assert alarm["file"] == "labels"
+        assert orjson.loads(labels[alarm["line"] - 1])["prediction_id"] == alarm["prediction_id"]
+    iceland = min((a for a in concept if a["slice"] == "country=IS"), key=lambda a: a["line"])
+    assert (
+        f"first quality alarm fraud v1 in country=IS cusum at the label for "
+        f"{iceland['prediction_id']} (line {iceland['line']:,} of the labels)"
+    ) in result.stdout
     assert [a["event_time"] for a in alarms] == sorted(a["event_time"] for a in alarms)
 
 

@@ -26,7 +26,7 @@ def test_matches_a_plain_dict(ops: list[tuple[str, int]]) -> None:
     for op, k in ops:
         clock += 1
         if op == "hold" and k not in model:
-            early.hold(k, 1.0, clock + k % 5)
+            early.hold(k, Label(f"p{k}", 1.0, clock + k % 5, 0, k))
             model[k] = clock + k % 5
         elif op == "pop":
             assert (early.pop(k) is None) == (model.pop(k, None) is None)
