@@ -23,7 +23,10 @@ RUN groupadd --system --gid 10001 streamwatch \
     && useradd --system --uid 10001 --gid streamwatch --no-create-home streamwatch
 USER 10001:10001
 # In a container /metrics must be reachable from Prometheus: listen on every interface.
+# Calibrated thresholds kept across restarts of the container (docs/detection.md); the
+# Kubernetes manifest points this at an emptyDir, as its root filesystem is read-only.
 ENV STREAMWATCH_EXPORTER__ADDRESS=0.0.0.0 \
+    STREAMWATCH_CALIBRATION_CACHE=/tmp/streamwatch/thresholds.json \
     PYTHONUNBUFFERED=1
 EXPOSE 9308
 # Liveness only (/healthz): readiness (/readyz) is the orchestrator's to ask, and a broker

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +26,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import kafka_local  # noqa: E402  (stdlib-only script, imported by path)
+
+from streamwatch.detectors.calibration import CACHE_ENV  # noqa: E402
+
+# Calibrated thresholds go to a file of this session's own, never one left by another run:
+# the tests, and the commands they start, share it.
+_calibration = Path(tempfile.mkdtemp(prefix="streamwatch-calibration-"))
+atexit.register(shutil.rmtree, _calibration, ignore_errors=True)
+os.environ[CACHE_ENV] = str(_calibration / "thresholds.json")
 
 
 def free_port() -> int:

@@ -458,14 +458,16 @@ def main() -> None:
     parser.add_argument(
         "--label-streams",
         type=int,
-        default=10,
-        help="stationary outcome streams per error rate, for quality false alarms (default 10)",
+        default=1000,
+        help="stationary outcome streams per error rate, each with its own reference, for "
+        "quality false alarms (default 1,000)",
     )
     parser.add_argument(
         "--stationary-labels",
         type=int,
-        default=1_000_000,
-        help="labels per stationary outcome stream (default 10^6)",
+        default=10_000,
+        help="labels tested per stationary outcome stream, after its reference (default "
+        "10,000: 10^7 per error rate)",
     )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results.md"))

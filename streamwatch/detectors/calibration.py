@@ -15,9 +15,13 @@ N(0, 1) on a stationary stream whatever the feature's own distribution:
 
 from __future__ import annotations
 
+import json
+import logging
 import math
+import os
 from collections.abc import Callable
 from functools import cache
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -28,6 +32,10 @@ from streamwatch.statistics import FloatArray
 HALF_NORMAL_MEAN = math.sqrt(2.0 / math.pi)
 HALF_NORMAL_STD = math.sqrt(1.0 - 2.0 / math.pi)
 STATES = 400  # Markov-chain states; the ARL is accurate to well under 1% at this size
+CACHE_ENV = "STREAMWATCH_CALIBRATION_CACHE"
+CACHE_VERSION = 1  # bump with any change to how a threshold is computed (STATES included)
+
+log = logging.getLogger(__name__)
 
 Cdf = Callable[[FloatArray], FloatArray]
 T = TypeVar("T", int, float)
@@ -64,8 +72,66 @@ def threshold(chart: str, k: float, target_arl: float) -> float:
 
     The log of the ARL is close to linear in ``h`` (it grows about exponentially), so a
     false-position search on it (the Illinois variant) needs 7 or so Markov-chain
-    solves where bisection needs 16: the calibration runs once per model version,
-    in the batch that ends its warm-up."""
+    solves where bisection needs 16. The calibration runs once per model version, in the
+    batch that ends its warm-up, and its thresholds are kept on disk (:func:`cache_file`):
+    a restarted worker reads them instead of solving again."""
+    key = f"v{CACHE_VERSION} {chart} {k!r} {target_arl!r}"
+    stored = _stored().get(key)
+    if stored is not None:
+        return stored
+    h = _search(chart, k, target_arl)
+    _store(key, h)
+    return h
+
+
+def cache_file() -> Path | None:
+    """Where thresholds are kept between runs: ``$STREAMWATCH_CALIBRATION_CACHE`` (empty: not
+    kept), else ``thresholds.json`` under ``$XDG_CACHE_HOME/streamwatch`` (default
+    ``~/.cache/streamwatch``). Every entry carries the calibration's version, which changes
+    whenever the calibration does, so an entry from another release is never read."""
+    named = os.environ.get(CACHE_ENV)
+    if named is not None:
+        return Path(named) if named else None
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "streamwatch" / "thresholds.json"
+
+
+_cache: dict[str, float] | None = None  # the file's thresholds, read once per process
+
+
+def _stored() -> dict[str, float]:
+    global _cache
+    if _cache is None:
+        _cache = {}
+        path = cache_file()
+        try:
+            if path is not None and path.exists():
+                data = json.loads(path.read_text())
+                _cache = {str(k): float(v) for k, v in data.items()}
+        except (OSError, ValueError, AttributeError) as error:  # unreadable: solve again
+            log.warning("calibration cache %s not read (%s); thresholds are solved", path, error)
+    return _cache
+
+
+def _store(key: str, h: float) -> None:
+    """Add a threshold to the file: written whole to a temporary file, then renamed over it
+    (a reader never sees half a file; two workers racing lose an entry, never the file). A
+    cache that cannot be written is skipped: it only saves time."""
+    stored = _stored()
+    stored[key] = h
+    path = cache_file()
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}")
+        temporary.write_text(json.dumps(stored, indent=0, sort_keys=True))
+        os.replace(temporary, path)
+    except OSError as error:
+        log.debug("calibration cache %s not written: %s", path, error)
+
+
+def _search(chart: str, k: float, target_arl: float) -> float:
     cdf = increment_cdf(chart, k)
     goal = math.log(target_arl)
 
