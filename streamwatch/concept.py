@@ -109,12 +109,14 @@ class ConceptTests:
         names: Sequence[SegmentKey],
         drawn: FloatArray,
         predictions: Sequence[Prediction],
+        index: IntArray,
     ) -> None:
         """The estimate before labels, tested as the labels are: a Bernoulli CUSUM bank per
         version (``codes``: version keys) on errors drawn with their estimated
-        probabilities. Per version only: a slice value's test would start where the value
-        starts being tracked, which moves with the batch boundaries, and so would its
-        alarms. The alarms wait for :meth:`take_estimate_alarms`."""
+        probabilities (row ``i`` is ``predictions[index[i]]``). Per version only: a slice
+        value's test would start where the value starts being tracked, which moves with the
+        batch boundaries, and so would its alarms. The alarms wait for
+        :meth:`take_estimate_alarms`."""
         if self.settings.concept_detector != "cusum":
             return
         run_length = self.settings.false_alarm_budget_labels * (1 + len(spec.slices))
@@ -128,7 +130,7 @@ class ConceptTests:
                 self.alarms.setdefault((model, version, slice_name, ESTIMATED), 0)
             rows = np.flatnonzero(codes == key)
             for i in rows[detector.update(drawn[rows])].tolist():
-                p = predictions[i]
+                p = predictions[int(index[i])]
                 alarm = ConceptAlarm(
                     model,
                     version,

@@ -150,7 +150,9 @@ class EarlyLabels:
     when stale entries outnumber live ones."""
 
     def __init__(self) -> None:
-        self.labels: dict[int, Label] = {}  # by id hash
+        # id hash -> (label, time, partition, offset): the id itself is not kept (its
+        # prediction brings it), which saves the string's bytes on every held label
+        self.labels: dict[int, tuple[float | str, float, int, int]] = {}
         self._heap: list[tuple[float, int]] = []  # (label time, id hash)
 
     def __len__(self) -> int:
@@ -160,11 +162,13 @@ class EarlyLabels:
         return key in self.labels
 
     def hold(self, key: int, label: Label) -> None:
-        self.labels[key] = label
+        self.labels[key] = (label.label, label.timestamp, label.partition, label.offset)
         heapq.heappush(self._heap, (label.timestamp, key))
 
-    def pop(self, key: int) -> Label | None:
-        return self.labels.pop(key, None)
+    def pop(self, key: int, prediction_id: str) -> Label | None:
+        """The label held for ``key`` (the hash of ``prediction_id``), taken out."""
+        held = self.labels.pop(key, None)
+        return None if held is None else Label(prediction_id, *held)
 
     def release_before(self, limit: float) -> int:
         """Release the labels with event time before ``limit``; return how many."""
@@ -184,7 +188,7 @@ class EarlyLabels:
         while heap and heap[0][0] < limit and released < n:
             t, key = heapq.heappop(heap)
             held = labels.get(key)
-            if held is not None and held.timestamp == t:
+            if held is not None and held[1] == t:
                 del labels[key]
                 released += 1
         return released
@@ -197,5 +201,5 @@ class EarlyLabels:
 
     def _compact(self) -> None:
         if len(self._heap) > 2 * len(self.labels) + 1024:
-            self._heap = [(label.timestamp, k) for k, label in self.labels.items()]
+            self._heap = [(held[1], k) for k, held in self.labels.items()]
             heapq.heapify(self._heap)

@@ -319,7 +319,7 @@ class Quality:
                     self.prediction_watermark = max(self.prediction_watermark, newest)
                 if state.early:  # labels that came first
                     for i in rows[added[rows]].tolist():
-                        waiting = state.early.pop(keys[i])
+                        waiting = state.early.pop(keys[i], group[i].prediction_id)
                         if waiting is not None:
                             matched[partition].append(waiting)
             self.duplicate_predictions[name] += int((~added).sum())
@@ -347,7 +347,8 @@ class Quality:
                     key_columns[0][kept][rows],
                     self.keys.names,
                     drawn,
-                    [group[i] for i in kept[rows].tolist()],
+                    group,
+                    kept[rows],
                 )
         return matched
 

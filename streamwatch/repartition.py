@@ -142,7 +142,7 @@ class Router:
                 out.append((r, raw[(predictions_topic, p.partition, p.offset)]))
                 held = self._held.pop(key, None)
                 if held is not None:  # its label came first: it follows its prediction now
-                    self.early[held[1]].pop(key)
+                    self.early[held[1]].pop(key, p.prediction_id)
                     changes.append((held[1], _key(HELD, key), None))
                     out.append((r, held[0]))
         if labels:
@@ -207,7 +207,7 @@ class Router:
         progress reported to stage 2 stays behind it, so that it is not late there."""
         out: dict[int, float] = {}
         for key, (_, partition, _) in self._held.items():
-            t = self.early[partition].labels[key].timestamp
+            t = self.early[partition].labels[key][1]
             out[partition] = min(out.get(partition, t), t)
         return out
 

@@ -29,7 +29,7 @@ def test_matches_a_plain_dict(ops: list[tuple[str, int]]) -> None:
             early.hold(k, Label(f"p{k}", 1.0, clock + k % 5, 0, k))
             model[k] = clock + k % 5
         elif op == "pop":
-            assert (early.pop(k) is None) == (model.pop(k, None) is None)
+            assert (early.pop(k, f"p{k}") is None) == (model.pop(k, None) is None)
         elif op == "expire":
             limit = clock - 10 + k % 7
             stale = [key for key, t in model.items() if t < limit]

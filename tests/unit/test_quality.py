@@ -480,6 +480,9 @@ def test_the_estimate_alarms_before_any_label_when_predictions_grow_uncertain() 
     assert T0 + 10_000 < min(estimated) < T0 + 10_000 + 1000  # after the change, soon
     counted = q.snapshot().concept_alarms
     assert counted[("m", "v1", "__all__", "cusum_estimated")] == len(estimated)
+    for a in alarms:  # each names the prediction that tipped the test
+        assert a.prediction_id == f"p{a.offset}"
+        assert a.event_time == T0 + a.offset
     # the draws are errors at the estimated rate: the reference (the first 500) is 5% wrong,
     # plus its margin of a standard error
     (detector,) = q.concept.estimate_detectors.values()
@@ -502,3 +505,23 @@ def test_a_regression_model_whose_errors_grow_raises_a_budgeted_alarm() -> None:
     )
     assert {a.detector for a in alarms} == {"cusum"}
     assert T0 + 3000 < min(a.event_time for a in alarms) < T0 + 3300
+
+
+def test_a_quality_alarm_names_its_label_even_when_the_label_came_first() -> None:
+    """Labels that wait for their prediction in the early hold keep their own coordinates:
+    the alarm points at the label's partition and offset, and at its prediction's id."""
+    q = Quality(settings(quality={"reference_labels": 200}))
+    rng = np.random.default_rng(8)
+    n = 1200
+    wrong = rng.random(n) < np.where(np.arange(n) < 600, 0.05, 0.6)
+    alarms = []
+    for start in range(0, n, 100):
+        rows = range(start, start + 100)
+        labels = [Label(f"p{i}", float(not wrong[i]), T0 + i, 0, 50_000 + i) for i in rows]
+        alarms += q.apply([], labels)  # every label first: held
+        alarms += q.apply([pred(i, 0.9) for i in rows], [])
+    fired = [a for a in alarms if a.detector == "cusum" and a.slice == "__all__"]
+    assert fired
+    for a in fired:
+        assert a.offset == 50_000 + int(a.prediction_id[1:])  # the label's, not the prediction's
+        assert a.offset - 50_000 >= 600  # after the change
