@@ -438,7 +438,7 @@ class LabelSettings(_Section):
     ttl_seconds: float = Field(default=7 * 86400, gt=0)
     early_hold_seconds: float = Field(default=600, ge=0)
     # Labels held for a prediction not seen yet, per worker; past it the oldest are released
-    # (counted as unmatched). About 120 bytes each.
+    # (counted as unmatched). About 280 bytes each.
     early_hold_max_labels: int = Field(default=500_000, ge=1)
     # Wall-clock seconds without a new prediction on a partition after which its held labels
     # are released (its prediction watermark no longer moves).
