@@ -107,8 +107,11 @@ def _stored() -> dict[str, float]:
         try:
             if path is not None and path.exists():
                 data = json.loads(path.read_text())
-                _cache = {str(k): float(v) for k, v in data.items()}
-        except (OSError, ValueError, AttributeError) as error:  # unreadable: solve again
+                values = {str(k): float(v) for k, v in data.items()}
+                # a threshold is finite and not negative: anything else (NaN would never
+                # alarm) is not trusted, and solved again
+                _cache = {k: v for k, v in values.items() if math.isfinite(v) and v >= 0}
+        except (OSError, ValueError, TypeError, AttributeError) as error:  # solve again
             log.warning("calibration cache %s not read (%s); thresholds are solved", path, error)
     return _cache
 

@@ -74,3 +74,8 @@ def test_a_cache_that_cannot_be_written_or_read_costs_only_the_solve(
     monkeypatch.setattr(calibration, "_cache", None)
     threshold.cache_clear()
     assert threshold("mean", 0.7, 1e6) == h
+    for planted in ("NaN", "-1.0", "Infinity", '"high"', "null", "[1]"):  # never trusted
+        garbled.write_text(f'{{"v1 mean 0.7 1000000.0": {planted}}}')
+        monkeypatch.setattr(calibration, "_cache", None)
+        threshold.cache_clear()
+        assert threshold("mean", 0.7, 1e6) == h, planted
