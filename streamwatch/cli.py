@@ -307,7 +307,6 @@ def _baseline(args: argparse.Namespace) -> int:
 def _replay(args: argparse.Namespace) -> int:
     from streamwatch import replay
     from streamwatch.baseline import with_profiles
-    from streamwatch.concept import ESTIMATED
     from streamwatch.records import ConceptAlarm
 
     settings = load_settings(args.config)
@@ -352,7 +351,7 @@ def _replay(args: argparse.Namespace) -> int:
         concept.setdefault((c.model, c.model_version, c.slice, c.detector), c)
     for c in concept.values():
         where = "" if c.slice == "__all__" else f" in {c.slice}"
-        kind = "prediction" if c.detector == ESTIMATED else "label"
+        kind = "prediction" if c.on_predictions else "label"
         print(
             f"  first quality alarm {c.model} {c.model_version}{where} {c.detector} at the "
             f"{kind} for {c.prediction_id} (line {c.offset:,} of the {kind}s)"

@@ -24,12 +24,11 @@ import numpy as np
 from streamwatch.config import ModelSpec, QualitySettings
 from streamwatch.detectors.bernoulli import ConceptCusum, ExceedanceCusum
 from streamwatch.detectors.river_detectors import river_detector
-from streamwatch.records import ConceptAlarm, Label, Prediction, SegmentKey
+from streamwatch.records import ESTIMATED, ConceptAlarm, Label, Prediction, SegmentKey
 from streamwatch.reference import Profile
 from streamwatch.slices import ALL, OTHER
 from streamwatch.statistics import FloatArray, IntArray
 
-ESTIMATED = "cusum_estimated"  # the detector label of the estimate's test
 AlarmCount = tuple[str, str, str, str]  # model, version, slice, detector
 
 

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from confluent_kafka import Message
 
 from streamwatch.admission import EventClock, VersionCap
-from streamwatch.concept import ESTIMATED
 from streamwatch.config import Settings
 from streamwatch.deadletter import DeadLetters
 from streamwatch.decode import Decoder
@@ -311,7 +310,7 @@ class Pipeline:
                 concept.slice,
                 concept.detector,
                 concept.prediction_id,
-                self.topics.predictions if concept.detector == ESTIMATED else self.topics.labels,
+                self.topics.predictions if concept.on_predictions else self.topics.labels,
                 concept.partition,
                 concept.offset,
             )

@@ -135,6 +135,9 @@ class Alarm:
         )
 
 
+ESTIMATED = "cusum_estimated"  # the detector label of the quality estimate's test
+
+
 @dataclass(frozen=True)
 class ConceptAlarm:
     """A quality test fired on a model version's or slice value's outcomes (labels, or the
@@ -150,3 +153,8 @@ class ConceptAlarm:
     prediction_id: str
     partition: int
     offset: int
+
+    @property
+    def on_predictions(self) -> bool:
+        """Whether the coordinates are a prediction's (the estimate's test), not a label's."""
+        return self.detector == ESTIMATED

@@ -29,7 +29,6 @@ from typing import Any
 from prometheus_client import Counter
 
 from streamwatch.app import build
-from streamwatch.concept import ESTIMATED
 from streamwatch.config import Settings
 from streamwatch.loop import Loop
 from streamwatch.monitor import Monitor
@@ -189,7 +188,7 @@ def write_alarms(result: ReplayResult, path: Path) -> None:
         {
             "event_time": _iso(c.event_time),
             "event_index": None,
-            "file": "predictions" if c.detector == ESTIMATED else "labels",
+            "file": "predictions" if c.on_predictions else "labels",
             "line": c.offset,
             "prediction_id": c.prediction_id,
             "model": c.model,
