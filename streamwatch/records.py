@@ -4,6 +4,11 @@ A message as read (:class:`RawMessage`, and :class:`Record` for one held in memo
 decoded into a :class:`Prediction` or a :class:`Label`, or becomes a :class:`Rejection`; the
 engine answers with :class:`Alarm` (drift) and :class:`ConceptAlarm` (quality). This module
 imports nothing from the rest of streamwatch.
+
+Nothing changes a record once it is made. The per-message ones (``Record``, ``Prediction``,
+``Label``) are not declared frozen all the same: a frozen dataclass sets each field through
+``object.__setattr__``, and building a ``Prediction`` took 2.6 µs instead of 0.5 µs, on the
+hot path of every message.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ class RawMessage(Protocol):
     def headers(self) -> AnyHeaders: ...
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Record:
     """A message held in memory (the demo, replay, a restored held label), with the
     accessors of ``confluent_kafka.Message``."""
@@ -82,7 +87,7 @@ class Rejection:
     feature: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Prediction:
     prediction_id: str
     model: str
@@ -97,7 +102,7 @@ class Prediction:
     offset: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Label:
     prediction_id: str
     label: float | str
