@@ -17,7 +17,12 @@ import numpy as np
 from streamwatch.config import ModelSpec, QualitySettings
 from streamwatch.records import Prediction
 from streamwatch.reference import Profile
-from streamwatch.scores import Counts, estimated_counts, estimated_multiclass_counts
+from streamwatch.scores import (
+    Counts,
+    Groups,
+    estimated_counts_by,
+    estimated_multiclass_counts_by,
+)
 from streamwatch.statistics import FloatArray, IntArray
 
 MAX_CLASSES = 100  # multiclass: classes tracked per model; the rest share the last code
@@ -38,9 +43,10 @@ class Estimator:
 
     def of(
         self, name: str, versions: list[str], columns: dict[str, Any], kept: IntArray
-    ) -> tuple[IntArray, Callable[[IntArray], Counts], FloatArray] | None:
+    ) -> tuple[IntArray, Callable[[IntArray, Groups], list[Counts]], FloatArray] | None:
         """The stored predictions' expected counts (CBPE): which of the ``kept`` rows have
-        an estimate, a function from row numbers among those to their counts, and their
+        an estimate, a function from row numbers among those (and their groups) to their
+        counts per group, and their
         probabilities of being wrong."""
         spec = self.specs[name]
         if spec.task == "binary":
@@ -48,8 +54,8 @@ class Estimator:
             calibrated = self.calibrated(name, versions, scores)
             threshold = self.settings.threshold
 
-            def binary(rows: IntArray) -> Counts:
-                return estimated_counts(scores[rows], calibrated[rows], threshold)
+            def binary(rows: IntArray, groups: Groups) -> list[Counts]:
+                return estimated_counts_by(groups, scores[rows], calibrated[rows], threshold)
 
             wrong = np.where(scores >= threshold, 1.0 - calibrated, calibrated)
             return np.arange(len(kept)), binary, np.nan_to_num(wrong, nan=0.0)
@@ -59,9 +65,9 @@ class Estimator:
             predicted = columns["value"][kept][scored].astype(np.int64)
             probabilities = probabilities[scored]
 
-            def multiclass(rows: IntArray) -> Counts:
-                return estimated_multiclass_counts(
-                    probabilities[rows], predicted[rows], MAX_CLASSES
+            def multiclass(rows: IntArray, groups: Groups) -> list[Counts]:
+                return estimated_multiclass_counts_by(
+                    groups, probabilities[rows], predicted[rows], MAX_CLASSES
                 )
 
             # the predicted class's probability (the top one for a class not declared)

@@ -49,15 +49,16 @@ from streamwatch.records import ConceptAlarm, Label, Prediction, SegmentKey
 from streamwatch.reference import Profile
 from streamwatch.scores import (
     Counts,
-    binary_counts,
+    Groups,
+    binary_counts_by,
     binary_scores,
-    estimated_counts,
-    estimated_multiclass_counts,
+    estimated_counts_by,
+    estimated_multiclass_counts_by,
     estimated_scores,
-    multiclass_counts,
-    multiclass_probability_counts,
+    multiclass_counts_by,
+    multiclass_probability_counts_by,
     multiclass_scores,
-    regression_counts,
+    regression_counts_by,
     regression_scores,
 )
 from streamwatch.slices import ALL, OTHER, Slicer
@@ -377,34 +378,54 @@ class Quality:
         table: dict[int, Windows],
         keys: IntArray,
         times: FloatArray,
-        counts: Callable[[IntArray], Counts],
+        counts: Callable[[IntArray, Groups], list[Counts]],
         watermark: float,
     ) -> dict[int, tuple[IntArray, Counts]]:
         """Add each key's rows to its windows; return the rows per key, and their counts.
-        Tumbling windows close with the prediction ``watermark``, so the estimate and the
-        realized scores of one span line up."""
-        groups: dict[int, tuple[IntArray, Counts]] = {}
-        for key in np.unique(keys):
+        Every piece a window takes (a count window's chunk, a time window's bucket) is
+        counted in one pass over the batch. Tumbling windows close with the prediction
+        ``watermark``, so the estimate and the realized scores of one span line up."""
+        if not len(keys):
+            return {}
+        pieces: list[IntArray] = []  # the rows of each piece counted
+        plan: list[tuple[int, IntArray, int, list[tuple[Window, int | None, int, float]]]] = []
+        for key in np.unique(keys).tolist():
             rows = np.flatnonzero(keys == key)
-            windows = table.get(int(key))
+            windows = table.get(key)
             if windows is None:
-                windows = table[int(key)] = [_new_window(w) for w in self.settings.windows]
-            whole = counts(rows)
-            groups[int(key)] = (rows, whole)
+                windows = table[key] = [_new_window(w) for w in self.settings.windows]
+            whole = len(pieces)
+            pieces.append(rows)
+            adds: list[tuple[Window, int | None, int, float]] = []
             for window in windows:
                 if isinstance(window, CountWindow):
                     # a chunk at a time: a backlog's batch must not become one table
-                    piece = lambda part, rows=rows: counts(rows[part])  # noqa: E731
-                    window.add_rows(len(rows), piece)  # type: ignore[arg-type]
+                    for part in window.pieces(len(rows)):
+                        adds.append((window, None, len(pieces), 0.0))
+                        pieces.append(rows[part])
                     continue
                 buckets = window.bucket_of(times[rows])
                 newest = float(times[rows].max())
                 if isinstance(window, TumblingWindow):
                     newest = max(newest, watermark)
-                distinct = np.unique(buckets)
-                for bucket in distinct.tolist():
-                    part = whole if len(distinct) == 1 else counts(rows[buckets == bucket])
-                    window.add(bucket, part, newest)  # type: ignore[arg-type]
+                distinct = np.unique(buckets).tolist()
+                for bucket in distinct:
+                    adds.append(
+                        (window, bucket, len(pieces) if len(distinct) > 1 else whole, newest)
+                    )
+                    if len(distinct) > 1:
+                        pieces.append(rows[buckets == bucket])
+            plan.append((key, rows, whole, adds))
+        ids = np.repeat(np.arange(len(pieces)), [len(rows) for rows in pieces])
+        tables = counts(np.concatenate(pieces), Groups(ids, len(pieces)))
+        groups: dict[int, tuple[IntArray, Counts]] = {}
+        for key, rows, whole, adds in plan:
+            for window, bucket, piece, newest in adds:
+                if bucket is None:
+                    window.add(tables[piece])  # type: ignore[call-arg, arg-type]
+                else:
+                    window.add(bucket, tables[piece], newest)  # type: ignore[call-arg, arg-type]
+            groups[key] = (rows, tables[whole])
         return groups
 
     def _join(
@@ -465,33 +486,39 @@ class Quality:
             versions = [self.keys.names[int(k)][1] for k in keys[0].tolist()]
             calibrated = self.estimator.calibrated(name, versions, scores)
 
-            def counts(rows: IntArray) -> Counts:
-                return binary_counts(scores[rows], positive[rows], threshold) + prefixed(
-                    estimated_counts(scores[rows], calibrated[rows], threshold)
-                )
+            def counts(rows: IntArray, groups: Groups) -> list[Counts]:
+                real = binary_counts_by(groups, scores[rows], positive[rows], threshold)
+                est = estimated_counts_by(groups, scores[rows], calibrated[rows], threshold)
+                return [r + prefixed(e) for r, e in zip(real, est, strict=True)]
         elif spec.task == "regression":
             values = columns["value"].astype(np.float64)
             actual = np.array([float(v) if not isinstance(v, str) else np.nan for v in labels])
             errors = np.abs(values - actual)
 
-            def counts(rows: IntArray) -> Counts:
-                return regression_counts(values[rows], actual[rows])
+            def counts(rows: IntArray, groups: Groups) -> list[Counts]:
+                return regression_counts_by(groups, values[rows], actual[rows])
         else:
             predicted = columns["value"].astype(np.int64)
             actual_cls = np.array([self._class(name, _class_name(v)) for v in labels])
             errors = (predicted != actual_cls).astype(np.float64)
             probabilities = stacked(columns, len(spec.classes), np.arange(len(found)))
 
-            def counts(rows: IntArray) -> Counts:
-                out = multiclass_counts(predicted[rows], actual_cls[rows], MAX_CLASSES)
+            def counts(rows: IntArray, groups: Groups) -> list[Counts]:
+                out = multiclass_counts_by(groups, predicted[rows], actual_cls[rows], MAX_CLASSES)
                 if probabilities is None:
                     return out
-                scored = rows[~np.isnan(probabilities[rows, 0])]
-                if len(scored):
-                    p, k, a = probabilities[scored], predicted[scored], actual_cls[scored]
-                    out = out + multiclass_probability_counts(p, k, a)
-                    out = out + prefixed(estimated_multiclass_counts(p, k, MAX_CLASSES))
-                return out
+                has = np.flatnonzero(~np.isnan(probabilities[rows, 0]))
+                if not len(has):
+                    return out
+                scored, by = rows[has], groups.take(has)
+                p, k, a = probabilities[scored], predicted[scored], actual_cls[scored]
+                extra = multiclass_probability_counts_by(by, p, k, a)
+                est = estimated_multiclass_counts_by(by, p, k, MAX_CLASSES)
+                sizes = by.sizes()  # a piece with no probabilities gets none of their counts
+                return [
+                    o + x + prefixed(e) if sizes[g] else o
+                    for g, (o, x, e) in enumerate(zip(out, extra, est, strict=True))
+                ]
 
         alarms = []
         for column in keys:

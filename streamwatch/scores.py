@@ -63,81 +63,147 @@ class Counts:
         return np.asarray(self.arrays.get(key, np.zeros(1)), dtype=np.float64)
 
 
+@dataclass(frozen=True)
+class Groups:
+    """Each row's group (``0 .. count - 1``): the counts of many groups (a batch's window
+    pieces, its slices) in one pass over the rows, not one pass per group."""
+
+    ids: IntArray
+    count: int
+
+    @classmethod
+    def one(cls, rows: int) -> Groups:
+        return cls(np.zeros(rows, dtype=np.int64), 1)
+
+    def take(self, rows: IntArray) -> Groups:
+        """The groups of a subset of the rows."""
+        return Groups(self.ids[rows], self.count)
+
+    def repeat(self, times: int) -> Groups:
+        """Each row's group ``times`` times (for rows flattened from a matrix)."""
+        return Groups(np.repeat(self.ids, times), self.count)
+
+    def sizes(self) -> IntArray:
+        return np.bincount(self.ids, minlength=self.count)
+
+    def sums(self, *columns: npt.ArrayLike) -> FloatArray:
+        """(groups, columns): each column summed per group."""
+        return np.column_stack(
+            [
+                np.bincount(self.ids, weights=np.asarray(c, np.float64), minlength=self.count)
+                for c in columns
+            ]
+        )
+
+    def histogram(
+        self, bins: IntArray, width: int, weights: FloatArray | None = None
+    ) -> FloatArray:
+        """(groups, width): per group, the rows (or their weights) in each bin."""
+        flat = np.bincount(self.ids * width + bins, weights=weights, minlength=self.count * width)
+        return flat.reshape(self.count, width).astype(np.float64)
+
+    def split(
+        self, arrays: dict[str, npt.NDArray[Any]], events: IntArray | None = None
+    ) -> list[Counts]:
+        """One :class:`Counts` per group from arrays with a leading group axis."""
+        sizes = self.sizes() if events is None else events
+        return [
+            Counts(int(sizes[g]), {k: v[g] for k, v in arrays.items()}) for g in range(self.count)
+        ]
+
+
 def binary_counts(scores: FloatArray, positive: np.ndarray, threshold: float) -> Counts:
     """Counts of labelled binary pairs: probabilities and whether the label is positive."""
+    return binary_counts_by(Groups.one(len(scores)), scores, positive, threshold)[0]
+
+
+def binary_counts_by(
+    groups: Groups, scores: FloatArray, positive: np.ndarray, threshold: float
+) -> list[Counts]:
+    """:func:`binary_counts` per group."""
     predicted = scores >= threshold
     y = positive.astype(np.float64)
     p = np.clip(scores, EPS, 1.0 - EPS)
     auc_bin = np.minimum((scores * AUC_BINS).astype(np.int64), AUC_BINS - 1)
     ece_bin = np.minimum((scores * ECE_BINS).astype(np.int64), ECE_BINS - 1)
-    return Counts(
-        len(scores),
+    return groups.split(
         {
-            "cells": np.array(
-                [
-                    np.sum(predicted & positive),
-                    np.sum(predicted & ~positive),
-                    np.sum(~predicted & positive),
-                    np.sum(~predicted & ~positive),
-                ],
-                dtype=np.float64,
+            "cells": groups.sums(
+                predicted & positive,
+                predicted & ~positive,
+                ~predicted & positive,
+                ~predicted & ~positive,
             ),  # tp, fp, fn, tn
-            "log_loss": np.array([-np.sum(y * np.log(p) + (1 - y) * np.log(1 - p))]),
-            "brier": np.array([np.sum((scores - y) ** 2)]),
-            "hist_pos": np.bincount(auc_bin, weights=y, minlength=AUC_BINS),
-            "hist_neg": np.bincount(auc_bin, weights=1 - y, minlength=AUC_BINS),
-            "ece_n": np.bincount(ece_bin, minlength=ECE_BINS).astype(np.float64),
-            "ece_score": np.bincount(ece_bin, weights=scores, minlength=ECE_BINS),
-            "ece_pos": np.bincount(ece_bin, weights=y, minlength=ECE_BINS),
-        },
+            "log_loss": groups.sums(-(y * np.log(p) + (1 - y) * np.log(1 - p))),
+            "brier": groups.sums((scores - y) ** 2),
+            "hist_pos": groups.histogram(auc_bin, AUC_BINS, y),
+            "hist_neg": groups.histogram(auc_bin, AUC_BINS, 1 - y),
+            "ece_n": groups.histogram(ece_bin, ECE_BINS),
+            "ece_score": groups.histogram(ece_bin, ECE_BINS, scores),
+            "ece_pos": groups.histogram(ece_bin, ECE_BINS, y),
+        }
     )
 
 
 def estimated_counts(scores: FloatArray, calibrated: FloatArray, threshold: float) -> Counts:
     """Expected counts of unlabelled binary predictions (CBPE)."""
+    return estimated_counts_by(Groups.one(len(scores)), scores, calibrated, threshold)[0]
+
+
+def estimated_counts_by(
+    groups: Groups, scores: FloatArray, calibrated: FloatArray, threshold: float
+) -> list[Counts]:
+    """:func:`estimated_counts` per group."""
     predicted = scores >= threshold
     q = calibrated
     auc_bin = np.minimum((scores * AUC_BINS).astype(np.int64), AUC_BINS - 1)
-    return Counts(
-        len(scores),
+    return groups.split(
         {
-            "cells": np.array(
-                [
-                    np.sum(q * predicted),
-                    np.sum((1 - q) * predicted),
-                    np.sum(q * ~predicted),
-                    np.sum((1 - q) * ~predicted),
-                ]
+            "cells": groups.sums(
+                q * predicted, (1 - q) * predicted, q * ~predicted, (1 - q) * ~predicted
             ),
-            "hist_pos": np.bincount(auc_bin, weights=q, minlength=AUC_BINS),
-            "hist_neg": np.bincount(auc_bin, weights=1 - q, minlength=AUC_BINS),
-        },
+            "hist_pos": groups.histogram(auc_bin, AUC_BINS, q),
+            "hist_neg": groups.histogram(auc_bin, AUC_BINS, 1 - q),
+        }
     )
 
 
 def regression_counts(predictions: FloatArray, labels: FloatArray) -> Counts:
+    return regression_counts_by(Groups.one(len(predictions)), predictions, labels)[0]
+
+
+def regression_counts_by(
+    groups: Groups, predictions: FloatArray, labels: FloatArray
+) -> list[Counts]:
+    """:func:`regression_counts` per group."""
     error = predictions - labels
-    return Counts(
-        len(error),
+    return groups.split(
         {
-            "abs": np.array([np.abs(error).sum()]),
-            "squared": np.array([(error**2).sum()]),
-            "signed": np.array([error.sum()]),
-        },
+            "abs": groups.sums(np.abs(error)),
+            "squared": groups.sums(error**2),
+            "signed": groups.sums(error),
+        }
     )
 
 
 def multiclass_counts(predicted: np.ndarray, actual: np.ndarray, classes: int) -> Counts:
     """Codes of predicted and actual classes (0 .. classes - 1)."""
+    return multiclass_counts_by(Groups.one(len(actual)), predicted, actual, classes)[0]
+
+
+def multiclass_counts_by(
+    groups: Groups, predicted: np.ndarray, actual: np.ndarray, classes: int
+) -> list[Counts]:
+    """:func:`multiclass_counts` per group."""
     right = predicted == actual
-    return Counts(
-        len(actual),
+    hits, misses = groups.take(np.flatnonzero(right)), groups.take(np.flatnonzero(~right))
+    return groups.split(
         {
-            "correct": np.array([float(right.sum())]),
-            "tp": np.bincount(actual[right], minlength=classes).astype(np.float64),
-            "fp": np.bincount(predicted[~right], minlength=classes).astype(np.float64),
-            "fn": np.bincount(actual[~right], minlength=classes).astype(np.float64),
-        },
+            "correct": groups.sums(right),
+            "tp": hits.histogram(actual[right], classes),
+            "fp": misses.histogram(predicted[~right], classes),
+            "fn": misses.histogram(actual[~right], classes),
+        }
     )
 
 
@@ -145,14 +211,17 @@ def _bins(probabilities: FloatArray, bins: int) -> IntArray:
     return np.minimum((probabilities * bins).astype(np.int64), bins - 1)
 
 
-def _class_histograms(probabilities: FloatArray, truth: FloatArray) -> dict[str, npt.NDArray[Any]]:
+def _class_histograms(
+    groups: Groups, probabilities: FloatArray, truth: FloatArray
+) -> dict[str, npt.NDArray[Any]]:
     """Per class, AUC_BINS-bin histograms of its probability, weighted by the chance that
     the class is (``hist_pos``) or is not (``hist_neg``) the actual one; flattened."""
     k = probabilities.shape[1]
     where = (_bins(probabilities, AUC_BINS) + np.arange(k) * AUC_BINS).ravel()
+    cells = groups.repeat(k)
     return {
-        "hist_pos": np.bincount(where, weights=truth.ravel(), minlength=k * AUC_BINS),
-        "hist_neg": np.bincount(where, weights=1 - truth.ravel(), minlength=k * AUC_BINS),
+        "hist_pos": cells.histogram(where, k * AUC_BINS, truth.ravel()),
+        "hist_neg": cells.histogram(where, k * AUC_BINS, 1 - truth.ravel()),
     }
 
 
@@ -168,6 +237,14 @@ def multiclass_probability_counts(
     probabilities: FloatArray, predicted: IntArray, actual: IntArray
 ) -> Counts:
     """Counts that need the per-class probabilities (events x declared classes)."""
+    groups = Groups.one(len(probabilities))
+    return multiclass_probability_counts_by(groups, probabilities, predicted, actual)[0]
+
+
+def multiclass_probability_counts_by(
+    groups: Groups, probabilities: FloatArray, predicted: IntArray, actual: IntArray
+) -> list[Counts]:
+    """:func:`multiclass_probability_counts` per group."""
     n, k = probabilities.shape
     truth = np.zeros((n, k))
     inside = actual < k
@@ -175,19 +252,19 @@ def multiclass_probability_counts(
     confidence = _probability_of(probabilities, predicted)
     right = (predicted == actual).astype(np.float64)
     ece_bin = _bins(confidence, ECE_BINS)
-    return Counts(
-        0,  # added to multiclass_counts of the same events, which count them
+    return groups.split(
         {
-            "scored": np.array([float(n)]),
-            "log_loss": np.array(
-                [-np.log(np.clip(_probability_of(probabilities, actual), EPS, 1 - EPS)).sum()]
+            "scored": groups.sums(np.ones(n)),
+            "log_loss": groups.sums(
+                -np.log(np.clip(_probability_of(probabilities, actual), EPS, 1 - EPS))
             ),
-            "brier": np.array([((probabilities - truth) ** 2).sum()]),
-            **_class_histograms(probabilities, truth),
-            "ece_n": np.bincount(ece_bin, minlength=ECE_BINS).astype(np.float64),
-            "ece_score": np.bincount(ece_bin, weights=confidence, minlength=ECE_BINS),
-            "ece_pos": np.bincount(ece_bin, weights=right, minlength=ECE_BINS),
+            "brier": groups.sums(((probabilities - truth) ** 2).sum(axis=1)),
+            **_class_histograms(groups, probabilities, truth),
+            "ece_n": groups.histogram(ece_bin, ECE_BINS),
+            "ece_score": groups.histogram(ece_bin, ECE_BINS, confidence),
+            "ece_pos": groups.histogram(ece_bin, ECE_BINS, right),
         },
+        events=np.zeros(groups.count, dtype=np.int64),  # added to multiclass_counts' events
     )
 
 
@@ -195,20 +272,27 @@ def estimated_multiclass_counts(
     probabilities: FloatArray, predicted: IntArray, classes: int
 ) -> Counts:
     """Expected counts of unlabelled multiclass predictions with probabilities (CBPE)."""
+    groups = Groups.one(len(predicted))
+    return estimated_multiclass_counts_by(groups, probabilities, predicted, classes)[0]
+
+
+def estimated_multiclass_counts_by(
+    groups: Groups, probabilities: FloatArray, predicted: IntArray, classes: int
+) -> list[Counts]:
+    """:func:`estimated_multiclass_counts` per group."""
     k = probabilities.shape[1]
     confidence = _probability_of(probabilities, predicted)
-    tp = np.bincount(predicted, weights=confidence, minlength=classes)
-    actual = np.zeros(classes)
-    actual[:k] = probabilities.sum(axis=0)
-    return Counts(
-        len(predicted),
+    tp = groups.histogram(predicted, classes, confidence)
+    actual = np.zeros((groups.count, classes))
+    actual[:, :k] = groups.sums(*probabilities.T) if k else 0.0
+    return groups.split(
         {
-            "correct": np.array([confidence.sum()]),
+            "correct": groups.sums(confidence),
             "tp": tp,
-            "fp": np.bincount(predicted, weights=1 - confidence, minlength=classes),
+            "fp": groups.histogram(predicted, classes, 1 - confidence),
             "fn": actual - tp,
-            **_class_histograms(probabilities, probabilities),
-        },
+            **_class_histograms(groups, probabilities, probabilities),
+        }
     )
 
 

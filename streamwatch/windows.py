@@ -62,16 +62,22 @@ class CountWindow:
         self.total = empty
         self._tables: deque[Table] = deque()
 
-    def add_rows(self, rows: int, table_of: Callable[[slice], Table]) -> None:
-        """Add ``rows`` events, tabled by ``table_of(slice)`` in pieces that end on chunk
-        boundaries (the first piece fills the newest chunk)."""
-        start = 0
+    def pieces(self, rows: int) -> list[slice]:
+        """Where the next ``rows`` events are cut: on chunk boundaries, the first piece
+        filling the newest chunk. Add their tables in this order (:meth:`add`)."""
+        out = []
+        newest = self._tables[-1].events if self._tables else self.chunk
+        start, room = 0, self.chunk - newest if newest < self.chunk else self.chunk
         while start < rows:
-            newest = self._tables[-1].events if self._tables else self.chunk
-            room = self.chunk - newest if newest < self.chunk else self.chunk
             end = min(rows, start + room)
-            self.add(table_of(slice(start, end)))
-            start = end
+            out.append(slice(start, end))
+            start, room = end, self.chunk
+        return out
+
+    def add_rows(self, rows: int, table_of: Callable[[slice], Table]) -> None:
+        """Add ``rows`` events, tabled by ``table_of(slice)`` in :meth:`pieces`."""
+        for part in self.pieces(rows):
+            self.add(table_of(part))
 
     def add(self, table: Table) -> None:
         """Add one table (of at most a chunk of events, for the bound above)."""

@@ -12,16 +12,24 @@ from hypothesis.extra import numpy as hnp
 from sklearn import metrics
 
 from streamwatch.scores import (
+    Counts,
+    Groups,
     auc_error_bound,
     binary_counts,
+    binary_counts_by,
     binary_scores,
     estimated_counts,
+    estimated_counts_by,
     estimated_multiclass_counts,
+    estimated_multiclass_counts_by,
     estimated_scores,
     multiclass_counts,
+    multiclass_counts_by,
     multiclass_probability_counts,
+    multiclass_probability_counts_by,
     multiclass_scores,
     regression_counts,
+    regression_counts_by,
     regression_scores,
 )
 
@@ -165,3 +173,44 @@ def test_estimate_matches_reality_on_calibrated_scores() -> None:
     estimated = estimated_scores(estimated_counts(scores, scores, 0.5))
     for name in ("accuracy", "precision", "recall", "f1", "roc_auc"):
         assert estimated[name] == pytest.approx(realized[name], abs=0.01), name
+
+
+def _same(grouped: Counts, alone: Counts) -> None:
+    assert grouped.events == alone.events
+    assert grouped.arrays.keys() == alone.arrays.keys()
+    for name, value in alone.arrays.items():
+        assert grouped.arrays[name].shape == value.shape, name
+        np.testing.assert_allclose(grouped.arrays[name], value, rtol=1e-9, atol=1e-9)
+
+
+@given(st.integers(1, 200), st.integers(1, 6), st.integers(0, 2**32 - 1))
+def test_counts_by_group_equal_each_group_counted_alone(n: int, count: int, seed: int) -> None:
+    """One pass over a batch's rows, by group (the windows' pieces), gives each group the
+    counts it gets counted alone; a group with no rows gets zeros."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, count, n)
+    groups = Groups(ids, count)
+    scores, truth = rng.uniform(0, 1, n), rng.uniform(0, 1, n) < 0.3
+    values, labels = rng.normal(size=n), rng.normal(size=n)
+    predicted, actual = rng.integers(0, 4, n), rng.integers(0, 5, n)  # class 4 undeclared
+    probabilities = rng.dirichlet(np.ones(4), n)
+    grouped = [
+        binary_counts_by(groups, scores, truth, 0.5),
+        estimated_counts_by(groups, scores, scores[::-1].copy(), 0.5),
+        regression_counts_by(groups, values, labels),
+        multiclass_counts_by(groups, predicted, actual, 8),
+        multiclass_probability_counts_by(groups, probabilities, predicted, actual),
+        estimated_multiclass_counts_by(groups, probabilities, predicted, 8),
+    ]
+    for g in range(count):
+        rows = np.flatnonzero(ids == g)
+        alone = [
+            binary_counts(scores[rows], truth[rows], 0.5),
+            estimated_counts(scores[rows], scores[::-1][rows], 0.5),
+            regression_counts(values[rows], labels[rows]),
+            multiclass_counts(predicted[rows], actual[rows], 8),
+            multiclass_probability_counts(probabilities[rows], predicted[rows], actual[rows]),
+            estimated_multiclass_counts(probabilities[rows], predicted[rows], 8),
+        ]
+        for by_group, counted in zip(grouped, alone, strict=True):
+            _same(by_group[g], counted)
