@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka import Message
 
@@ -316,8 +317,12 @@ class Pipeline:
             )
         delays = self.quality.take_label_delays()
         if not self.rebuilding:  # a rebuild (repartition) applies events seen before
+            children: dict[str, Any] = {}  # one labels() lookup per model, not per label
             for model, delay in delays:
-                self.telemetry.label_delay.labels(model).observe(delay)
+                child = children.get(model)
+                if child is None:
+                    child = children[model] = self.telemetry.label_delay.labels(model)
+                child.observe(delay)
         self._retire_idle_versions()
         if self.count_events:
             self._count(self.topics.predictions, predictions, labels)

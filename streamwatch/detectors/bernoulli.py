@@ -24,7 +24,7 @@ from functools import cache
 import numpy as np
 from scipy import linalg
 
-from streamwatch.detectors.calibration import false_position
+from streamwatch.detectors.calibration import false_position, kept
 from streamwatch.statistics import FloatArray, IntArray
 
 #: Error-rate increases (in absolute points) the bank is designed for.
@@ -97,7 +97,12 @@ def threshold(p: float, up: int, down: int, target: float) -> int:
 
     The log run length is close to linear in ``h``, so a false-position search on it (the
     Illinois variant, on integers) needs a handful of chain solves where bisection needs
-    twenty."""
+    twenty. Kept on disk with the drift thresholds (:func:`calibration.kept`)."""
+    name = f"bernoulli {p!r} {up} {down} {target!r}"
+    return int(kept(name, lambda: _search(p, up, down, target)))
+
+
+def _search(p: float, up: int, down: int, target: float) -> int:
     goal = math.log(target)
 
     def gap(h: int) -> float:

@@ -75,11 +75,17 @@ def threshold(chart: str, k: float, target_arl: float) -> float:
     solves where bisection needs 16. The calibration runs once per model version, in the
     batch that ends its warm-up, and its thresholds are kept on disk (:func:`cache_file`):
     a restarted worker reads them instead of solving again."""
-    key = f"v{CACHE_VERSION} {chart} {k!r} {target_arl!r}"
+    return kept(f"{chart} {k!r} {target_arl!r}", lambda: _search(chart, k, target_arl))
+
+
+def kept(name: str, solve: Callable[[], float]) -> float:
+    """A threshold from the file (:func:`cache_file`) under ``name``, else ``solve()``d and
+    added to it. ``name`` says everything the threshold depends on."""
+    key = f"v{CACHE_VERSION} {name}"
     stored = _stored().get(key)
     if stored is not None:
         return stored
-    h = _search(chart, k, target_arl)
+    h = solve()
     _store(key, h)
     return h
 

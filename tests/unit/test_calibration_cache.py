@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from streamwatch.detectors import calibration
+from streamwatch.detectors import bernoulli, calibration
 from streamwatch.detectors.calibration import CACHE_ENV, cache_file, threshold
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,3 +79,15 @@ def test_a_cache_that_cannot_be_written_or_read_costs_only_the_solve(
         monkeypatch.setattr(calibration, "_cache", None)
         threshold.cache_clear()
         assert threshold("mean", 0.7, 1e6) == h, planted
+
+
+def test_quality_thresholds_are_kept_beside_the_drift_ones(fresh: Path) -> None:
+    """The Bernoulli CUSUM's thresholds (quality, categories) go to the same file."""
+    h = bernoulli.threshold(0.05, 3, 1, 1e6)
+    key = "v1 bernoulli 0.05 3 1 1000000.0"
+    assert json.loads(fresh.read_text()) == {key: h}
+    fresh.write_text(json.dumps({key: h + 7}))  # what the next process reads
+    calibration._cache = None
+    bernoulli.threshold.cache_clear()
+    assert bernoulli.threshold(0.05, 3, 1, 1e6) == h + 7
+    bernoulli.threshold.cache_clear()
