@@ -27,6 +27,7 @@ import threading
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -39,6 +40,7 @@ from streamwatch.records import Alarm, AlarmKey, Prediction, Rejection, SegmentK
 from streamwatch.reference import Profile, Signal
 from streamwatch.slices import ALL, OTHER, Slicer
 from streamwatch.statistics import (
+    FloatArray,
     IntArray,
     chi2_pvalue,
     jensen_shannon,
@@ -47,6 +49,26 @@ from streamwatch.statistics import (
     psi,
 )
 from streamwatch.windows import CountWindow, Table, TimeWindow
+
+
+@dataclass(frozen=True)
+class Rows:
+    """A segment's events as columns: id hashes, numeric and categorical values (as
+    :meth:`Layout.columns` gives them) and event times. Made once per model version in a
+    batch; each slice segment takes its rows."""
+
+    hashes: IntArray
+    values: FloatArray
+    cats: Any
+    timestamps: FloatArray
+
+    def take(self, rows: list[int]) -> Rows:
+        return Rows(self.hashes[rows], self.values[rows], self.cats[rows], self.timestamps[rows])
+
+    def after(self, start: int) -> Rows:
+        return Rows(
+            self.hashes[start:], self.values[start:], self.cats[start:], self.timestamps[start:]
+        )
 
 
 @dataclass(frozen=True)
@@ -149,8 +171,11 @@ class Monitor:
                 # (not its offset), so an event scores the same in any partition: hashed
                 # once per event, for the version and every slice segment
                 hashes = np.array([id_hash(p.prediction_id) for p in group], dtype=np.int64)
-                raised += self._apply_group((model, version, ALL), group, hashes)
-                raised += self._apply_slices(model, version, group, hashes)
+                # the columns too, once: every slice segment takes its rows of them
+                values, cats = self.layouts[model].columns(group)
+                rows = Rows(hashes, values, cats, np.array([p.timestamp for p in group]))
+                raised += self._apply_group((model, version, ALL), group, rows)
+                raised += self._apply_slices(model, version, group, rows)
                 self.activity.saw((model, version), max(p.timestamp for p in group))
             self._retire_idle_versions()
             self._count_type_errors(rejections)
@@ -197,7 +222,7 @@ class Monitor:
             self.last_alarm.pop(alarm, None)
 
     def _apply_slices(
-        self, model: str, version: str, group: list[Prediction], hashes: IntArray
+        self, model: str, version: str, group: list[Prediction], rows: Rows
     ) -> list[Alarm]:
         """The group's events again, per tracked value of each slice with drift."""
         specs = self.drift_slices[model]
@@ -214,10 +239,11 @@ class Monitor:
             members: dict[str, list[int]] = defaultdict(list)
             for i, value in enumerate(column):
                 members[value].append(i)
-            for value, rows in members.items():
+            for value, member_rows in members.items():
                 if not value.endswith(OTHER):  # the overflow mixes segments: not watched
-                    events = [group[i] for i in rows]
-                    raised += self._apply_group((model, version, value), events, hashes[rows])
+                    events = [group[i] for i in member_rows]
+                    segment = (model, version, value)
+                    raised += self._apply_group(segment, events, rows.take(member_rows))
         return raised
 
     def _version(self, key: SegmentKey) -> VersionState:
@@ -251,20 +277,17 @@ class Monitor:
             key = (model, model_version, slice_name, signal.signal, signal.name, name)
             self.alarms.setdefault(key, 0)
 
-    def _apply_group(
-        self, key: SegmentKey, group: list[Prediction], hashes: IntArray
-    ) -> list[Alarm]:
+    def _apply_group(self, key: SegmentKey, group: list[Prediction], rows: Rows) -> list[Alarm]:
+        """One segment's events (``group``, and ``rows``: their columns)."""
         version = self._version(key)
         version.events += len(group)
-        values, cats = version.layout.columns(group)
         if version.profile is None:
-            taken = version.absorb(values, cats)
-            group, values, cats = group[taken:], values[taken:], cats[taken:]
-            hashes = hashes[taken:]
+            taken = version.absorb(rows.values, rows.cats)
+            group, rows = group[taken:], rows.after(taken)
             if not group:
                 return []
-        timestamps = np.array([p.timestamp for p in group])
-        coded = version.code(values, cats, timestamps, hashes)
+        timestamps = rows.timestamps
+        coded = version.code(rows.values, rows.cats, timestamps, rows.hashes)
         state = self._segment_state(version)
         for window in state.windows:
             if isinstance(window, CountWindow):
