@@ -74,9 +74,10 @@ YOUNG_THRESHOLD = 50_000
 
 
 def tune_gc() -> None:
-    """For a long-running worker, once its startup is done: move what exists now (modules,
-    settings, the pipeline) out of the collector's reach (``gc.freeze``), and collect the
-    young generation less often. Measured with bench/throughput (README, Performance)."""
+    """For a long-running worker or a replay, once its startup is done: move what exists
+    now (modules, settings, the pipeline) out of the collector's reach (``gc.freeze``), and
+    collect the young generation less often. Measured with bench/throughput (README,
+    Performance)."""
     gc.collect()
     gc.freeze()
     _, middle, old = gc.get_threshold()
