@@ -136,6 +136,8 @@ def _utf8(raw: bytes, where: str) -> str:
 
 def parse_timestamp(value: Any) -> float:
     """Event time as epoch seconds, from an RFC 3339 string or epoch milliseconds."""
+    if type(value) is int or type(value) is float:  # the common case, first
+        return value / 1000.0
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value) / 1000.0
     if isinstance(value, str):
@@ -198,6 +200,8 @@ def _required(
 
 
 def _string(value: Any, name: str, limit: int) -> str:
+    if type(value) is str and 0 < len(value) <= limit:  # the common case, first
+        return value
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str) or not value:
