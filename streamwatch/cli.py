@@ -152,6 +152,13 @@ def _parser() -> argparse.ArgumentParser:
     gate.add_argument("--window", default="", help="Prometheus range (default: gate.window)")
     gate.add_argument("--output", choices=["table", "json"], default="table")
     gate.add_argument(
+        "--at",
+        type=float,
+        metavar="SECONDS",
+        help="evaluate every query at this instant (Unix seconds; default: now), e.g. a "
+        "promotion record's evaluated_at, to decide again on the same data",
+    )
+    gate.add_argument(
         "--record",
         type=Path,
         metavar="FILE",
@@ -368,7 +375,7 @@ def _gate(args: argparse.Namespace) -> int:
         settings = load_settings(args.config)
         decision = decide(
             settings,
-            Prometheus(args.prometheus),
+            Prometheus(args.prometheus, at=args.at),
             args.model,
             args.candidate,
             args.baseline,

@@ -109,6 +109,7 @@ def live(
                 raise AssertionError(f"Prometheus: {_labelled(servers, 'v2')}; {lines}") from None
         config_path = folder / "gate.yaml"
         config_path.write_text(yaml.safe_dump(config))
+        time.sleep(3)  # so that an instant 3 s back holds all of it (the template test)
         yield servers, config_path
     finally:
         servers.stop()
@@ -249,8 +250,12 @@ def test_the_analysis_template_measures_what_the_gate_decides(
     rendered = run_cli("analysis-template", "--config", str(config))
     assert rendered.returncode == 0, rendered.stderr
     template = yaml.safe_load(rendered.stdout)
-    code, record = _gate(servers, config, "--candidate", candidate, "--baseline", "v1")
+    # An instant three scrape intervals back: at `now`, a scrape that started just before
+    # may be stored after the gate asked and before the queries below, one sample more.
+    at = f"{time.time() - 3:.3f}"
+    code, record = _gate(servers, config, "--candidate", candidate, "--baseline", "v1", "--at", at)
     assert code == exit_code
+    assert record["evaluated_at"] == pytest.approx(float(at))
     # at the instant the gate evaluated its checks: the same data, the same answer
     args = {"candidate": candidate, "baseline": "v1"}
     measured = _argo(servers, template, args, record["evaluated_at"])
