@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -31,6 +32,17 @@ examples:
 Environment variables override the file: STREAMWATCH_KAFKA__BOOTSTRAP_SERVERS=host:9092.
 Docs: docs/configuration.md, docs/metrics.md.
 """
+
+
+def _instant(text: str) -> float:
+    """A Unix time in seconds for ``gate --at`` (a finite number, not before 1970)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a Unix time in seconds")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -153,7 +165,7 @@ def _parser() -> argparse.ArgumentParser:
     gate.add_argument("--output", choices=["table", "json"], default="table")
     gate.add_argument(
         "--at",
-        type=float,
+        type=_instant,
         metavar="SECONDS",
         help="evaluate every query at this instant (Unix seconds; default: now), e.g. a "
         "promotion record's evaluated_at, to decide again on the same data",

@@ -46,8 +46,7 @@ class Estimator:
     ) -> tuple[IntArray, Callable[[IntArray, Groups], list[Counts]], FloatArray] | None:
         """The stored predictions' expected counts (CBPE): which of the ``kept`` rows have
         an estimate, a function from row numbers among those (and their groups) to their
-        counts per group, and their
-        probabilities of being wrong."""
+        counts per group, and their probabilities of being wrong."""
         spec = self.specs[name]
         if spec.task == "binary":
             scores = columns["value"][kept].astype(np.float64)

@@ -176,7 +176,7 @@ class Monitor:
                 rows = Rows(hashes, values, cats, np.array([p.timestamp for p in group]))
                 raised += self._apply_group((model, version, ALL), group, rows)
                 raised += self._apply_slices(model, version, group, rows)
-                self.activity.saw((model, version), max(p.timestamp for p in group))
+                self.activity.saw((model, version), float(rows.timestamps.max()))
             self._retire_idle_versions()
             self._count_type_errors(rejections)
             for alarm in raised:

@@ -162,3 +162,13 @@ def test_the_demo_producer_refuses_a_rate_or_round_of_zero() -> None:
         result = run_cli("demo", "--produce-only", "--bootstrap-servers", "127.0.0.1:1", flag, "0")
         assert result.returncode == 2
         assert "--rate > 0 and --events > 0" in result.stderr
+
+
+def test_gate_at_takes_a_unix_time_only() -> None:
+    for bad in ("nan", "inf", "-5", "yesterday"):
+        result = run_cli(
+            "gate", "--config", "x.yaml", "--prometheus", "http://127.0.0.1:1",
+            "--model", "m", "--candidate", "v2", "--at", bad,
+        )  # fmt: skip
+        assert result.returncode != 0
+        assert f"argument --at: '{bad}' is not a Unix time in seconds" in result.stderr
