@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import NoReturn
 
 from streamwatch import __version__
 from streamwatch.config import Settings, load_settings, parse_settings
@@ -45,8 +46,20 @@ def _instant(text: str) -> float:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors exit with ``usage_exit`` (argparse's is 2)."""
+
+    def __init__(self, *args: object, usage_exit: int = 2, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.usage_exit = usage_exit
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(self.usage_exit, f"{self.prog}: error: {message}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="streamwatch",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -60,7 +73,9 @@ def _parser() -> argparse.ArgumentParser:
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="default: INFO",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
 
     run = sub.add_parser(
         "run",
@@ -144,6 +159,7 @@ def _parser() -> argparse.ArgumentParser:
 
     gate = sub.add_parser(
         "gate",
+        usage_exit=3,  # a usage error is "cannot ask", never 2, which says "wait"
         help="may a deployment promote a candidate model version? (asks Prometheus)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Ask Prometheus how a candidate model version does on live traffic: its "
@@ -152,7 +168,8 @@ def _parser() -> argparse.ArgumentParser:
         "baseline version on the same traffic, else its reference profile's score, else the "
         "model's objective. Thresholds: the config's gate: section (docs/deploy.md).",
         epilog="exit codes: 0 pass (promote), 1 fail (hold or roll back), 2 wait (not enough "
-        "evidence yet), 3 cannot ask (Prometheus unreachable, unknown model, bad config)",
+        "evidence yet), 3 cannot ask (Prometheus unreachable, unknown model, bad config, a "
+        "usage error)",
     )
     gate.add_argument("--config", required=True, type=Path, help="YAML config file")
     gate.add_argument(

@@ -164,11 +164,19 @@ def test_the_demo_producer_refuses_a_rate_or_round_of_zero() -> None:
         assert "--rate > 0 and --events > 0" in result.stderr
 
 
+def test_a_gate_usage_error_is_cannot_ask_not_wait() -> None:
+    result = run_cli("gate", "--config", "x.yaml", "--prometheus", "http://127.0.0.1:1")
+    assert result.returncode == 3, result.stderr
+    assert "the following arguments are required: --model, --candidate" in result.stderr
+    other = run_cli("replay", "--config", "x.yaml")  # every other command keeps argparse's 2
+    assert other.returncode == 2, other.stderr
+
+
 def test_gate_at_takes_a_unix_time_only() -> None:
     for bad in ("nan", "inf", "-5", "yesterday"):
         result = run_cli(
             "gate", "--config", "x.yaml", "--prometheus", "http://127.0.0.1:1",
             "--model", "m", "--candidate", "v2", "--at", bad,
         )  # fmt: skip
-        assert result.returncode != 0
+        assert result.returncode == 3  # "cannot ask": a pipeline must not read a typo as "wait"
         assert f"argument --at: '{bad}' is not a Unix time in seconds" in result.stderr
