@@ -124,7 +124,9 @@ class ConceptTests:
             detector = self.estimate_detectors.get(key)
             if detector is None:
                 detector = self.estimate_detectors[key] = ConceptCusum(
-                    self.settings.reference_labels, run_length
+                    self.settings.reference_labels,
+                    run_length,
+                    grow_to=self.settings.reference_labels_max,
                 )
                 self.alarms.setdefault((model, version, slice_name, ESTIMATED), 0)
             rows = np.flatnonzero(codes == key)
@@ -167,7 +169,8 @@ class ConceptTests:
         labels between them, so together they false-alarm at one stream's rate. Its
         reference is the version's profile's labelled data when that holds at least
         ``reference_labels`` labels (not for a slice: slices differ by nature), otherwise
-        the stream's own first labels."""
+        the stream's own first labels, which then grow with its later ones up to
+        ``reference_labels_max`` (a profile's reference stays as it was measured)."""
         if name != "cusum":
             return river_detector(name)
         run_length = self.settings.false_alarm_budget_labels * (1 + len(spec.slices))
@@ -178,4 +181,6 @@ class ConceptTests:
             errors, labelled = profile.errors
             if labelled >= self.settings.reference_labels:
                 return ConceptCusum(labelled, run_length, labelled, errors)
-        return ConceptCusum(self.settings.reference_labels, run_length)
+        return ConceptCusum(
+            self.settings.reference_labels, run_length, grow_to=self.settings.reference_labels_max
+        )

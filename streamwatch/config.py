@@ -473,9 +473,24 @@ class QualitySettings(_Section):
     false_alarm_budget_labels: float = Field(default=1e6, ge=100)
     # cusum: each version's and slice value's first labels, which give its reference error rate.
     reference_labels: int = Field(default=2000, ge=100)
+    # cusum: a reference read from the stream grows with its own later labels, one block
+    # behind them and while they look like it, up to this many (docs/quality.md). Set it to
+    # reference_labels to keep the first labels only.
+    reference_labels_max: int = Field(default=50_000, ge=100)
     # Regression, on the absolute error: cusum (a Bernoulli CUSUM bank on errors above the
     # reference's 80th percentile, under the budget above) or river's adwin, page_hinkley.
     regression_detector: Literal["cusum", "adwin", "page_hinkley"] = "cusum"
+
+    @model_validator(mode="after")
+    def _reference_can_grow(self) -> QualitySettings:
+        if self.reference_labels_max < self.reference_labels:
+            raise _problem(
+                f"reference_labels_max={self.reference_labels_max} is below "
+                f"reference_labels={self.reference_labels}",
+                f"set reference_labels_max to {self.reference_labels} or more "
+                f"({self.reference_labels} keeps the first labels only)",
+            )
+        return self
 
 
 class GateSettings(_Section):

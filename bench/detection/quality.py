@@ -14,8 +14,9 @@ slice's detector (:class:`streamwatch.detectors.bernoulli.ConceptCusum`, with th
 share of the budget, as the engine builds it) the slice's outcomes directly; the other slice
 rows go through the engine. The change comes at a random
 offset after the stream's reference (its first 2,000 labels; 50,000 in the row that says
-so, as a profile with labelled rows or a larger ``quality.reference_labels`` gives). Lorden's
-bound is
+so, as a profile with labelled rows or a larger ``quality.reference_labels`` gives), or, in
+the rows that say so, after 60,000 more labels in control, over which the reference grows
+(``quality.reference_labels_max``, default 50,000; docs/quality.md). Lorden's bound is
 ``ln(10^6) / KL(p1 || p0)``: the fewest labels any test at one false alarm per 10^6 needs,
 asymptotically, to see the error rate go from ``p0`` to ``p1``.
 
@@ -23,7 +24,8 @@ False alarms: on many stationary outcome streams, every stream with its own refe
 the reference's sampling error is part of what is measured: one bad draw alarms again and
 again, so a few long streams would show the rate of a few references). For speed, they
 run the detector object the engine runs (:class:`streamwatch.detectors.bernoulli.ConceptCusum`,
-with the engine's settings) fed the outcomes directly, not the whole engine.
+with the engine's settings, its reference growing) fed the outcomes directly, not the whole
+engine.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from typing import Any
 import numpy as np
 from river import drift
 
-from streamwatch.config import parse_settings
+from streamwatch.config import QualitySettings, parse_settings
 from streamwatch.detectors.bernoulli import ConceptCusum
 from streamwatch.quality import Quality
 from streamwatch.records import Label, Prediction
@@ -44,6 +46,8 @@ from streamwatch.records import Label, Prediction
 ADWIN: Any = drift.ADWIN  # river is untyped
 BUDGET = 1e6  # labels between false alarms, per model version
 REFERENCE = 2000  # the engine's default quality.reference_labels
+GROW_TO = QualitySettings().reference_labels_max  # the default: the reference grows to it
+SETTLED = 60_000
 T0 = 1_790_000_000.0
 ADWIN_TUNED = 0.02
 METHODS = ["streamwatch (Bernoulli CUSUM)", "river ADWIN", f"river ADWIN (delta={ADWIN_TUNED})"]
@@ -61,6 +65,7 @@ class Scenario:
     share: float = 1.0  # the affected slice's share of traffic (1: the whole version)
     reference: int = REFERENCE  # quality.reference_labels: the labels the p0 is read from
     direct: bool = False  # a slice's detector fed its outcomes, not the whole engine
+    settled: int = 0  # labels in control after the reference, before the random offset
 
 
 def rates(p0: float, p1: float) -> Outcomes:
@@ -113,6 +118,16 @@ def scenarios() -> list[Scenario]:
             reference=big,
         )
     )
+    # the same increase after the stream has run in control a while: its reference grows
+    out.append(
+        Scenario(
+            f"error 5% -> 6%, after {SETTLED:,} labels at 5%",
+            rates(0.05, 0.06),
+            0.05,
+            0.06,
+            settled=SETTLED,
+        )
+    )
     out += [
         Scenario("5% slice: error 22% -> 40%", rates(0.22, 0.40), 0.22, 0.40, share=0.05),
         Scenario("5% slice: error 5% -> 10%", rates(0.05, 0.10), 0.05, 0.10, share=0.05),
@@ -123,6 +138,15 @@ def scenarios() -> list[Scenario]:
             0.06,
             share=0.05,
             direct=True,
+        ),
+        Scenario(
+            f"5% slice: error 5% -> 6%, after {SETTLED:,} of its labels at 5% (fed directly)",
+            rates(0.05, 0.06),
+            0.05,
+            0.06,
+            share=0.05,
+            direct=True,
+            settled=SETTLED,
         ),
     ]
     out += [
@@ -216,12 +240,13 @@ def delays(scenario: Scenario, runs: int, seed: int) -> dict[str, Row]:
     horizon = int(max(5 * bound(scenario), 2000))
     for r in range(runs):
         rng = np.random.default_rng(seed * 1000 + r)
-        before = scenario.reference + int(rng.integers(1000, 5000))  # labels of the stream
+        before = scenario.reference + scenario.settled + int(rng.integers(1000, 5000))
         stream = np.concatenate(
             [scenario.outcomes(rng, before, False), scenario.outcomes(rng, horizon, True)]
         )
         if scenario.direct:  # the slice's detector as the engine makes it, on its outcomes
-            detector = ConceptCusum(scenario.reference, BUDGET * 2)  # one slice spec: 2 shares
+            # one slice spec: two shares of the budget
+            detector = ConceptCusum(scenario.reference, BUDGET * 2, grow_to=GROW_TO)
             found = [
                 start + i
                 for start in range(0, len(stream), 10_000)
@@ -275,7 +300,7 @@ def false_alarms(streams: int, labels: int, seed: int) -> dict[tuple[float, str]
         counts = dict.fromkeys(METHODS, 0)
         for _ in range(streams):
             errors = (rng.random(REFERENCE + labels) < p).astype(np.float64)
-            detector = ConceptCusum(REFERENCE, BUDGET)  # a version without slices
+            detector = ConceptCusum(REFERENCE, BUDGET, grow_to=GROW_TO)  # no slices
             counts[METHODS[0]] += len(detector.update(errors))
             for method, delta in ((METHODS[1], 0.002), (METHODS[2], ADWIN_TUNED)):
                 counts[method] += sum(i >= REFERENCE for i in adwin_alarms(errors, delta))

@@ -32,6 +32,7 @@ DESIGN_INCREASES = (0.01, 0.02, 0.04, 0.08, 0.16)
 RESOLUTION = 4.0  # the smallest design, in standard errors of the reference
 MARGIN_LABELS = 2000  # references this large get a margin of one standard error
 MAX_DOWN = 40  # lattice steps on a success, at most
+JOIN_Z = 2.0  # a block whose error rate is this many standard errors above stays out
 MAX_STATES = 200_000  # a threshold needing more lattice states is refused (ARL ~ 1e30)
 
 
@@ -242,13 +243,27 @@ def reference_bank(errors: int, outcomes: int, run_length: float) -> ErrorCusum:
 class ConceptCusum:
     """A stream's error-rate test: its first ``reference_labels`` outcomes are the
     reference, then an :class:`ErrorCusum` runs on the rest. Given ``seen`` and ``errors``
-    from labelled reference data (a baseline profile), it starts testing at once."""
+    from labelled reference data (a baseline profile), it starts testing at once.
+
+    With ``grow_to`` above the reference, the reference grows with the stream's own tested
+    outcomes, one block behind them (a *self-starting* test): the tested outcomes are cut
+    into blocks as large as the reference is when the block starts, and a block joins the
+    reference when the block after it ends with no alarm on either, as long as the
+    reference then holds at most ``grow_to`` labels. An alarm drops the block held back and
+    starts a new one after it. So a change joins the reference only if it went unseen for a
+    whole block, at least as many labels as the reference holds, and a reference that knows
+    its rate better runs designs for smaller increases (:func:`reference_bank`). Every
+    block boundary falls on a count of outcomes, so batching does not change the alarms.
+    The state is a few integers, checkpointable as is."""
 
     reference_labels: int
     run_length: float
     seen: int = 0
     errors: int = 0
     cusum: ErrorCusum | None = None
+    grow_to: int = 0  # the reference grows up to this many labels (0: it does not)
+    block: tuple[int, int] = (0, 0)  # tested outcomes and errors of the block being read
+    held: tuple[int, int] | None = None  # the last whole block, until the next one ends
 
     def __post_init__(self) -> None:
         if self.seen and self.seen >= self.reference_labels:
@@ -266,7 +281,63 @@ class ConceptCusum:
             if self.seen < self.reference_labels:
                 return []
             self.cusum = reference_bank(self.errors, self.seen, self.run_length)
-        return [int(rows[start + i]) for i in self.cusum.update(x[start:])]
+        alarms: list[int] = []
+        while start < len(x):
+            end = len(x)
+            if self._growing():
+                end = min(end, start + self.seen - self.block[0])  # the block's end
+            part = x[start:end]
+            fired = self.cusum.update(part)
+            alarms += [start + i for i in fired]
+            if self._growing():
+                self._read(part, fired)
+            start = end
+        return [int(rows[i]) for i in alarms]
+
+    def _growing(self) -> bool:
+        """Another block can still join: the reference and the block held back fit."""
+        held = self.held[0] if self.held else 0
+        return self.seen < self.grow_to and self.seen + held <= self.grow_to
+
+    def _read(self, part: FloatArray, fired: list[int]) -> None:
+        """Count ``part`` into the block; at the block's end the block held back joins the
+        reference (if the reference stays within ``grow_to``) and this one is held back."""
+        if fired:  # the change, if it is one, must not join: both blocks start again
+            self.held = None
+            part = part[fired[-1] + 1 :]
+            self.block = (0, 0)
+        self.block = (self.block[0] + len(part), self.block[1] + int(np.count_nonzero(part)))
+        if self.block[0] < self.seen:
+            return
+        if (
+            self.held is not None
+            and self.seen + self.held[0] <= self.grow_to
+            and self._like_the_reference(*self.held)
+        ):
+            self.seen += self.held[0]
+            self.errors += self.held[1]
+            self._rebuild()
+        self.held, self.block = self.block, (0, 0)
+
+    def _like_the_reference(self, outcomes: int, errors: int) -> bool:
+        """A block's error rate is not above the reference's by more than ``JOIN_Z``
+        standard errors of their difference: a block that is may hold a change the bank
+        has not seen yet, and stays out."""
+        p = (self.errors + errors + 1.0) / (self.seen + outcomes + 2.0)
+        se = math.sqrt(p * (1.0 - p) * (1.0 / outcomes + 1.0 / self.seen))
+        return errors / outcomes - self.errors / self.seen <= JOIN_Z * se
+
+    def _rebuild(self) -> None:
+        """The bank of the grown reference; a chart on the same lattice keeps its state."""
+        assert self.cusum is not None
+        before = {
+            (c.up, c.down): int(s) for c, s in zip(self.cusum.charts, self.cusum.state, strict=True)
+        }
+        self.cusum = reference_bank(self.errors, self.seen, self.run_length)
+        self.cusum.state = np.array(
+            [min(before.get((c.up, c.down), 0), c.h - 1) for c in self.cusum.charts],
+            dtype=np.int64,
+        )
 
 
 @dataclass

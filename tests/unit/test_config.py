@@ -163,6 +163,11 @@ def test_check_config_cli_accepts_the_shipped_example() -> None:
             "models.0.slices.0",
             "max_values",
         ),
+        (
+            {"quality": {"reference_labels": 5000, "reference_labels_max": 3000}},
+            "quality",
+            "reference_labels_max to 5000 or more",
+        ),
     ],
 )
 def test_new_window_class_and_slice_settings_name_the_field_and_the_fix(
