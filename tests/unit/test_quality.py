@@ -525,3 +525,32 @@ def test_a_quality_alarm_names_its_label_even_when_the_label_came_first() -> Non
     for a in fired:
         assert a.offset == 50_000 + int(a.prediction_id[1:])  # the label's, not the prediction's
         assert a.offset - 50_000 >= 600  # after the change
+
+
+@pytest.mark.parametrize("reference", ["profile", "first labels"])
+def test_a_reference_from_the_stream_grows_and_a_profiles_does_not(reference: str) -> None:
+    """References of 200 labels, grown to at most 1,000: after 3,000 labels at 5% errors
+    the version's (without a profile) and each country's have grown from their own labels;
+    a profile's stays as it was measured."""
+    profiles = {}
+    if reference == "profile":
+        signals = [Signal("feature", "x", "numeric"), Signal("prediction", "prediction", "numeric")]
+        columns = {"feature:x": np.ones(100), "prediction:prediction": np.full(100, 0.9)}
+        profile = build_profile(Lineage("m", "v1"), signals, columns, bins=10)
+        profile.errors = [500, 10_000]
+        profiles[("m", "v1")] = profile
+    quality = {"reference_labels": 200, "reference_labels_max": 1000}
+    q = Quality(settings(quality=quality), profiles)
+    rng = np.random.default_rng(8)
+    wrong = rng.random(3000) < 0.05
+    country = np.where(rng.random(3000) < 0.5, "DE", "FR")
+    for start in range(0, 3000, 500):
+        rows = range(start, start + 500)
+        q.apply(
+            [pred(i, 0.9, str(country[i])) for i in rows],
+            [lab(i, 0.0 if wrong[i] else 1.0) for i in rows],
+        )
+    grown = {q.keys.names[code][2]: d.seen for code, d in q.concept.detectors.items()}
+    assert set(grown) >= {"__all__", "country=DE", "country=FR"}
+    assert all(200 < seen <= 1000 for name, seen in grown.items() if name != "__all__")
+    assert grown["__all__"] == (10_000 if reference == "profile" else 1000)
