@@ -31,7 +31,9 @@ engine.
 from __future__ import annotations
 
 import math
+import multiprocessing as mp
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -286,6 +288,13 @@ def delays(scenario: Scenario, runs: int, seed: int) -> dict[str, Row]:
 
 
 STATIONARY = (0.01, 0.05, 0.2)
+_SCENARIOS: list[Scenario] = []  # the scenarios of the current run, for the pool's workers
+
+
+def _scenario_delays(index: int, runs: int, seed: int) -> dict[str, Row]:
+    """One scenario's delays, in a worker process (the scenarios hold closures, which do
+    not pickle: a forked worker finds them here)."""
+    return delays(_SCENARIOS[index], runs, seed)
 
 
 def false_alarms(streams: int, labels: int, seed: int) -> dict[tuple[float, str], int]:
@@ -293,21 +302,27 @@ def false_alarms(streams: int, labels: int, seed: int) -> dict[tuple[float, str]
     reference (the first REFERENCE labels) and then ``labels`` tested labels. A reference's
     sampling error is part of the false-alarm rate, and a bad draw alarms again and again,
     so the rate needs many references, not a few long streams. Every method's alarms are
-    counted on the same tested labels (ADWIN reads the reference labels too)."""
-    out: dict[tuple[float, str], int] = {}
-    for p in STATIONARY:
-        rng = np.random.default_rng(seed)
-        counts = dict.fromkeys(METHODS, 0)
-        for _ in range(streams):
-            errors = (rng.random(REFERENCE + labels) < p).astype(np.float64)
-            detector = ConceptCusum(REFERENCE, BUDGET, grow_to=GROW_TO)  # no slices
-            counts[METHODS[0]] += len(detector.update(errors))
-            for method, delta in ((METHODS[1], 0.002), (METHODS[2], ADWIN_TUNED)):
-                counts[method] += sum(i >= REFERENCE for i in adwin_alarms(errors, delta))
-        for method, n in counts.items():
-            out[(p, method)] = n
-            print(f"  error {p:.0%}: {method:34} {n} alarms in {streams * labels:,} labels")
-    return out
+    counted on the same tested labels (ADWIN reads the reference labels too). The error
+    rates run in two processes (each rate's counts do not depend on where it runs)."""
+    with ProcessPoolExecutor(max_workers=2, mp_context=mp.get_context("fork")) as pool:
+        each = pool.map(_rate_false_alarms, STATIONARY, [streams] * 3, [labels] * 3, [seed] * 3)
+        return {key: n for counts in each for key, n in counts.items()}
+
+
+def _rate_false_alarms(
+    p: float, streams: int, labels: int, seed: int
+) -> dict[tuple[float, str], int]:
+    rng = np.random.default_rng(seed)
+    counts = dict.fromkeys(METHODS, 0)
+    for _ in range(streams):
+        errors = (rng.random(REFERENCE + labels) < p).astype(np.float64)
+        detector = ConceptCusum(REFERENCE, BUDGET, grow_to=GROW_TO)  # no slices
+        counts[METHODS[0]] += len(detector.update(errors))
+        for method, delta in ((METHODS[1], 0.002), (METHODS[2], ADWIN_TUNED)):
+            counts[method] += sum(i >= REFERENCE for i in adwin_alarms(errors, delta))
+    for method, n in counts.items():
+        print(f"  error {p:.0%}: {method:34} {n} alarms in {streams * labels:,} labels", flush=True)
+    return {(p, method): n for method, n in counts.items()}
 
 
 def tables(runs: int, streams: int, labels: int, seed: int) -> list[str]:
@@ -320,14 +335,19 @@ def tables(runs: int, streams: int, labels: int, seed: int) -> list[str]:
         "| scenario | p0 -> p1 | Lorden's bound | " + " | ".join(METHODS) + " |",
         "| --- | --- | --- |" + " --- |" * len(METHODS),
     ]
-    for scenario in scenarios():
-        limit = bound(scenario)
-        rows = delays(scenario, runs, seed)
-        cells = " | ".join(rows[m].cell(limit) for m in METHODS)
-        print(f"  {scenario.name:40} bound {limit:,.0f}: {cells}", flush=True)
-        lines.append(
-            f"| {scenario.name} | {scenario.p0:.3f} -> {scenario.p1:.3f} | {limit:,.0f} | {cells} |"
-        )
+    global _SCENARIOS
+    _SCENARIOS = scenarios()  # made once, before the pool forks (the frozen trees train)
+    with ProcessPoolExecutor(max_workers=2, mp_context=mp.get_context("fork")) as pool:
+        count = len(_SCENARIOS)
+        found = pool.map(_scenario_delays, range(count), [runs] * count, [seed] * count)
+        for scenario, rows in zip(_SCENARIOS, found, strict=True):
+            limit = bound(scenario)
+            cells = " | ".join(rows[m].cell(limit) for m in METHODS)
+            print(f"  {scenario.name:40} bound {limit:,.0f}: {cells}", flush=True)
+            lines.append(
+                f"| {scenario.name} | {scenario.p0:.3f} -> {scenario.p1:.3f} "
+                f"| {limit:,.0f} | {cells} |"
+            )
     fa = false_alarms(streams, labels, seed)
     lines += [
         "",

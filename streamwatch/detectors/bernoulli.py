@@ -248,9 +248,10 @@ class ConceptCusum:
     With ``grow_to`` above the reference, the reference grows with the stream's own tested
     outcomes, one block behind them (a *self-starting* test): the tested outcomes are cut
     into blocks as large as the reference is when the block starts, and a block joins the
-    reference when the block after it ends with no alarm on either, as long as the
-    reference then holds at most ``grow_to`` labels. An alarm drops the block held back and
-    starts a new one after it. So a change joins the reference only if it went unseen for a
+    reference when the block after it ends with no alarm on either, if its error rate is
+    within ``JOIN_Z`` standard errors of the reference's and the reference then holds at
+    most ``grow_to`` labels. An alarm drops the block held back and starts a new one after
+    it. So a change joins the reference only if it went unseen for a
     whole block, at least as many labels as the reference holds, and a reference that knows
     its rate better runs designs for smaller increases (:func:`reference_bank`). Every
     block boundary falls on a count of outcomes, so batching does not change the alarms.
