@@ -31,15 +31,14 @@ engine.
 from __future__ import annotations
 
 import math
-import multiprocessing as mp
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from river import drift
 
+from bench.detection.parallel import in_two_processes
 from streamwatch.config import QualitySettings, parse_settings
 from streamwatch.detectors.bernoulli import ConceptCusum
 from streamwatch.quality import Quality
@@ -304,9 +303,8 @@ def false_alarms(streams: int, labels: int, seed: int) -> dict[tuple[float, str]
     so the rate needs many references, not a few long streams. Every method's alarms are
     counted on the same tested labels (ADWIN reads the reference labels too). The error
     rates run in two processes (each rate's counts do not depend on where it runs)."""
-    with ProcessPoolExecutor(max_workers=2, mp_context=mp.get_context("fork")) as pool:
-        each = pool.map(_rate_false_alarms, STATIONARY, [streams] * 3, [labels] * 3, [seed] * 3)
-        return {key: n for counts in each for key, n in counts.items()}
+    each = in_two_processes(_rate_false_alarms, STATIONARY, streams, labels, seed)
+    return {key: n for counts in each for key, n in counts.items()}
 
 
 def _rate_false_alarms(
@@ -337,17 +335,14 @@ def tables(runs: int, streams: int, labels: int, seed: int) -> list[str]:
     ]
     global _SCENARIOS
     _SCENARIOS = scenarios()  # made once, before the pool forks (the frozen trees train)
-    with ProcessPoolExecutor(max_workers=2, mp_context=mp.get_context("fork")) as pool:
-        count = len(_SCENARIOS)
-        found = pool.map(_scenario_delays, range(count), [runs] * count, [seed] * count)
-        for scenario, rows in zip(_SCENARIOS, found, strict=True):
-            limit = bound(scenario)
-            cells = " | ".join(rows[m].cell(limit) for m in METHODS)
-            print(f"  {scenario.name:40} bound {limit:,.0f}: {cells}", flush=True)
-            lines.append(
-                f"| {scenario.name} | {scenario.p0:.3f} -> {scenario.p1:.3f} "
-                f"| {limit:,.0f} | {cells} |"
-            )
+    found = in_two_processes(_scenario_delays, range(len(_SCENARIOS)), runs, seed)
+    for scenario, rows in zip(_SCENARIOS, found, strict=True):
+        limit = bound(scenario)
+        cells = " | ".join(rows[m].cell(limit) for m in METHODS)
+        print(f"  {scenario.name:40} bound {limit:,.0f}: {cells}", flush=True)
+        lines.append(
+            f"| {scenario.name} | {scenario.p0:.3f} -> {scenario.p1:.3f} | {limit:,.0f} | {cells} |"
+        )
     fa = false_alarms(streams, labels, seed)
     lines += [
         "",

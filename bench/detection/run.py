@@ -30,11 +30,9 @@ from __future__ import annotations
 
 import argparse
 import math
-import multiprocessing as mp
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +47,7 @@ from streamwatch.records import Prediction
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench.detection import quality
+from bench.detection.parallel import in_two_processes
 
 FEATURES = 12
 REFERENCE = 20_000
@@ -323,14 +322,8 @@ class Row:
 
 def delay_table(runs: int, seed: int) -> dict[str, dict[str, Row]]:
     """Per scenario and method, the delays; the scenarios in two processes at a time."""
-    with ProcessPoolExecutor(max_workers=2, mp_context=mp.get_context("fork")) as pool:
-        rows = pool.map(
-            _scenario_delays,
-            range(len(SCENARIOS)),
-            [runs] * len(SCENARIOS),
-            [seed] * len(SCENARIOS),
-        )
-        return {scenario.name: row for scenario, row in zip(SCENARIOS, rows, strict=True)}
+    rows = in_two_processes(_scenario_delays, range(len(SCENARIOS)), runs, seed)
+    return {scenario.name: row for scenario, row in zip(SCENARIOS, rows, strict=True)}
 
 
 def _scenario_delays(index: int, runs: int, seed: int) -> dict[str, Row]:
@@ -376,9 +369,8 @@ CHUNK = 500_000  # stationary events generated at a time
 def false_alarms(events: int, seed: int) -> list[tuple[str, str, int, int, float]]:
     """(stream, method, events, alarms, alarms per 10^6 events per model), the families in
     two processes at a time (each family's figures do not depend on which runs where)."""
-    with ProcessPoolExecutor(max_workers=2, mp_context=mp.get_context("fork")) as pool:
-        families = pool.map(_family_false_alarms, STATIONARY, [events] * 4, [seed] * 4)
-        return [row for rows in families for row in rows]
+    families = in_two_processes(_family_false_alarms, STATIONARY, events, seed)
+    return [row for rows in families for row in rows]
 
 
 def _family_false_alarms(

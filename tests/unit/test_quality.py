@@ -424,18 +424,21 @@ def test_key_codes_of_retired_versions_are_reused_once_nothing_carries_them() ->
     assert ("m", "v999", "__all__") in q.snapshot().totals  # the live versions still count
 
 
+def labelled_profile() -> dict[tuple[str, str], Profile]:
+    """Version v1's profile with labelled data: 500 errors in 10,000 labels (5%)."""
+    signals = [Signal("feature", "x", "numeric"), Signal("prediction", "prediction", "numeric")]
+    columns = {"feature:x": np.ones(100), "prediction:prediction": np.full(100, 0.9)}
+    profile = build_profile(Lineage("m", "v1"), signals, columns, bins=10)
+    profile.errors = [500, 10_000]
+    return {("m", "v1"): profile}
+
+
 @pytest.mark.parametrize("reference", ["profile", "first labels"])
 def test_a_profile_with_labels_is_the_reference_of_the_version(reference: str) -> None:
     """With a profile's labelled data (5% errors) the version's error test runs from its
     first label, and a model at 20% errors is caught at once; without it, those labels are
     the reference and 20% is the norm."""
-    profiles = {}
-    if reference == "profile":
-        signals = [Signal("feature", "x", "numeric"), Signal("prediction", "prediction", "numeric")]
-        columns = {"feature:x": np.ones(100), "prediction:prediction": np.full(100, 0.9)}
-        profile = build_profile(Lineage("m", "v1"), signals, columns, bins=10)
-        profile.errors = [500, 10_000]
-        profiles[("m", "v1")] = profile
+    profiles = labelled_profile() if reference == "profile" else {}
     model = {"name": "m", "task": "binary", "features": [{"name": "x", "type": "numeric"}]}
     q = Quality(settings(models=[model]), profiles)
     rng = np.random.default_rng(2)
@@ -532,13 +535,7 @@ def test_a_reference_from_the_stream_grows_and_a_profiles_does_not(reference: st
     """References of 200 labels, grown to at most 1,000: after 3,000 labels at 5% errors
     the version's (without a profile) and each country's have grown from their own labels;
     a profile's stays as it was measured."""
-    profiles = {}
-    if reference == "profile":
-        signals = [Signal("feature", "x", "numeric"), Signal("prediction", "prediction", "numeric")]
-        columns = {"feature:x": np.ones(100), "prediction:prediction": np.full(100, 0.9)}
-        profile = build_profile(Lineage("m", "v1"), signals, columns, bins=10)
-        profile.errors = [500, 10_000]
-        profiles[("m", "v1")] = profile
+    profiles = labelled_profile() if reference == "profile" else {}
     quality = {"reference_labels": 200, "reference_labels_max": 1000}
     q = Quality(settings(quality=quality), profiles)
     rng = np.random.default_rng(8)
